@@ -1,0 +1,442 @@
+//! The core: one method per operation of API.md, typed inputs, and
+//! `Result<_, HsmError>` with stable reason codes. It knows no transport:
+//! gRPC, the CLI, the mock and the payShield port are adapters over it.
+//! It must never return, log or put in an error a clear key or a clear PIN.
+
+mod error;
+mod keyadmin;
+mod mac;
+mod pin;
+pub mod selftest;
+mod terminal;
+
+pub use error::{err, Category, HsmError, Reason};
+pub use keyadmin::{
+    ExportFormat, ExportKey, ExportedKey, GenerateKey, ImportComponents, ImportKey, Wrapped,
+};
+pub use mac::{MacAlgorithm, MacKeySource, MacRequest};
+pub use pin::{PinKeySource, TranslatePin, TranslatedPin};
+pub use terminal::{
+    CreateTerminal, Field62Layout, SignIn, SignInResult, SignInSource, WorkingKeyOut,
+};
+
+use crate::crypto::Algorithm;
+use crate::keys::cache::CachedKey;
+use crate::keys::{self, KeyCache, KeyMeta, KeyType, Lmk, LoadedKey};
+use crate::store::{
+    audit::AuditDraft, Batch, KeyRecord, Store, TerminalRecord, RECORD_FORMAT, STATE_ACTIVE,
+    STATE_RETIRED,
+};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Key information as stored and as returned by the admin API.
+pub type KeyInfo = KeyRecord;
+/// Terminal information as stored and as returned by the admin API.
+pub type TerminalInfo = TerminalRecord;
+
+/// How a caller names a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRef {
+    Id(String),
+    Alias(String),
+    /// An LMK key block held by the caller (stateless mode).
+    Block(String),
+}
+
+impl std::fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyRef::Id(id) => write!(f, "key {id}"),
+            KeyRef::Alias(a) => write!(f, "alias {a:?}"),
+            KeyRef::Block(b) => write!(f, "key block {}…", b.get(..16).unwrap_or(b)),
+        }
+    }
+}
+
+/// Policy knobs of the core (`[hsm]` in the daemon's config file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Single-DES keys and the UNIONPAY_001 layout (legacy terminals only).
+    pub allow_single_des: bool,
+    /// Translation *to* ISO 1 from a PAN-bound format (drops the PAN binding).
+    pub allow_translate_to_iso1: bool,
+    /// How long the previous MAK keeps verifying after a sign-in.
+    pub mac_grace_secs: u64,
+    /// Largest message accepted for MAC generation/verification.
+    pub max_mac_message: usize,
+    /// Unwrapped keys kept in locked memory.
+    pub key_cache_capacity: usize,
+}
+
+impl Default for HsmConfig {
+    fn default() -> Self {
+        HsmConfig {
+            allow_single_des: false,
+            allow_translate_to_iso1: false,
+            mac_grace_secs: 300,
+            max_mac_message: 64 * 1024,
+            key_cache_capacity: 8192,
+        }
+    }
+}
+
+/// Module status (GetStatus).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub state: &'static str,
+    pub reason: String,
+    pub lmk_kcv: String,
+    pub version: &'static str,
+    pub keys: u64,
+    pub terminals: u64,
+}
+
+/// A terminal's working keys, resolved once and kept for the hot path.
+pub(crate) struct TerminalKeys {
+    pub pik: Option<CachedKey>,
+    pub mak: Option<CachedKey>,
+    /// The previous MAK and the time its successor was issued.
+    pub prev_mak: Option<(CachedKey, i64)>,
+}
+
+/// The HSM core. Cheap to share behind an `Arc`.
+pub struct Hsm {
+    lmk: Lmk,
+    store: Store,
+    cache: KeyCache,
+    terminals: Mutex<HashMap<String, Arc<TerminalKeys>>>,
+    config: HsmConfig,
+    alarm: RwLock<Option<String>>,
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("lmk", &self.lmk)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn validate_name(what: &str, s: &str, reason: Reason) -> Result<(), HsmError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            reason,
+            format!("{what} must be 1–64 characters of A–Z, a–z, 0–9, '-', '_' or '.'"),
+        ))
+    }
+}
+
+pub(crate) fn new_key_id() -> String {
+    let mut b = [0u8; 8];
+    crate::crypto::random_bytes(&mut b);
+    format!("k{}", hex::encode(b))
+}
+
+impl Hsm {
+    /// Builds the core and runs the power-on self-tests. A failed self-test
+    /// does not fail construction: the module comes up in ALARM and refuses
+    /// crypto with `MODULE_ALARM`, so an operator can see why.
+    pub fn new(lmk: Lmk, store: Store, config: HsmConfig) -> Hsm {
+        let hsm = Hsm {
+            cache: KeyCache::new(config.key_cache_capacity),
+            terminals: Mutex::new(HashMap::new()),
+            lmk,
+            store,
+            config,
+            alarm: RwLock::new(None),
+        };
+        if let Err(reason) = selftest::run(&hsm) {
+            tracing::error!(%reason, "self-test failed: module in ALARM");
+            hsm.raise_alarm(reason);
+        }
+        hsm
+    }
+
+    pub fn config(&self) -> &HsmConfig {
+        &self.config
+    }
+
+    pub fn lmk(&self) -> &Lmk {
+        &self.lmk
+    }
+
+    pub(crate) fn cache_ref(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Puts the module in ALARM with `reason` (shown by GetStatus).
+    pub fn raise_alarm(&self, reason: impl Into<String>) {
+        let mut a = self.alarm.write().unwrap_or_else(|p| p.into_inner());
+        if a.is_none() {
+            *a = Some(reason.into());
+        }
+    }
+
+    pub fn alarm(&self) -> Option<String> {
+        self.alarm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn check_ready(&self) -> Result<(), HsmError> {
+        match &*self.alarm.read().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(r) => Err(err(Reason::ModuleAlarm, format!("module is in ALARM: {r}"))),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let (keys, terminals) = self.store.counts();
+        let alarm = self.alarm();
+        Status {
+            state: if alarm.is_some() { "ALARM" } else { "OK" },
+            reason: alarm.unwrap_or_default(),
+            lmk_kcv: self.lmk.kcv_hex(3),
+            version: env!("CARGO_PKG_VERSION"),
+            keys,
+            terminals,
+        }
+    }
+
+    /// Flushes the store: called before answering any call that wrote.
+    pub fn flush(&self) -> Result<(), HsmError> {
+        self.store.flush().map_err(|e| {
+            self.raise_alarm(format!("store flush failed: {e}"));
+            HsmError::from(e)
+        })
+    }
+
+    /// Commits a batch; a storage failure (not a logical conflict) raises the alarm.
+    pub(crate) fn commit(&self, batch: Batch) -> Result<(), HsmError> {
+        match self.store.commit(batch) {
+            Ok(_) => Ok(()),
+            Err(e @ crate::store::StoreError::Io(_)) => {
+                self.raise_alarm(format!("store write failed: {e}"));
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends audit events on their own (failures, denials).
+    pub fn audit(&self, drafts: Vec<AuditDraft>) -> Result<(), HsmError> {
+        self.commit(Batch {
+            audit: drafts,
+            ..Default::default()
+        })?;
+        self.flush()
+    }
+
+    /// Audit events from `since` on, at most `limit`.
+    pub fn audit_log(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::audit::AuditRecord>, HsmError> {
+        Ok(self.store.audit_since(since, limit)?)
+    }
+
+    /// Re-verifies the whole audit chain; a break raises the alarm.
+    pub fn verify_audit_log(&self) -> Result<u64, HsmError> {
+        self.store.verify_audit_chain().map_err(|e| {
+            self.raise_alarm(format!("audit chain: {e}"));
+            HsmError::from(e)
+        })
+    }
+
+    /// Resolves a key reference to a usable key (through the cache).
+    pub(crate) fn load(&self, r: &KeyRef) -> Result<CachedKey, HsmError> {
+        match r {
+            KeyRef::Id(id) => self.load_by_id(id),
+            KeyRef::Alias(alias) => {
+                let id = self.store.key_id_for_alias(alias)?.ok_or_else(|| {
+                    err(Reason::UnknownKey, format!("no key has alias {alias:?}"))
+                })?;
+                self.load_by_id(&id)
+            }
+            KeyRef::Block(block) => {
+                if let Some(k) = self.cache.get(block) {
+                    return Ok(k);
+                }
+                if block.len() > 4096 {
+                    return Err(err(
+                        Reason::InvalidKeyBlock,
+                        "key block is longer than 4096 characters",
+                    ));
+                }
+                let k = keys::unwrap_from_lmk(&self.lmk, block)?;
+                if let Some(id) = &k.meta().key_id {
+                    if let Some(rec) = self.store.get_key(id)? {
+                        if rec.state == STATE_RETIRED {
+                            return Err(err(Reason::KeyRetired, format!("key {id} is retired")));
+                        }
+                    }
+                }
+                Ok(self.cache.insert(block.clone(), k))
+            }
+        }
+    }
+
+    fn load_by_id(&self, id: &str) -> Result<CachedKey, HsmError> {
+        if let Some(k) = self.cache.get(id) {
+            return Ok(k);
+        }
+        let rec = self
+            .store
+            .get_key(id)?
+            .ok_or_else(|| err(Reason::UnknownKey, format!("no key with id {id:?}")))?;
+        if rec.state == STATE_RETIRED {
+            return Err(err(Reason::KeyRetired, format!("key {id} is retired")));
+        }
+        let k = keys::unwrap_from_lmk(&self.lmk, &rec.key_block).map_err(|e| {
+            self.raise_alarm(format!("stored key {id} does not unwrap: {e}"));
+            HsmError::from(e)
+        })?;
+        if k.meta().key_id.as_deref() != Some(id) {
+            self.raise_alarm(format!("stored key {id} carries another key's block"));
+            return Err(err(
+                Reason::InvalidKeyBlock,
+                format!("stored key {id} carries another key's block"),
+            ));
+        }
+        Ok(self.cache.insert(id.to_string(), k))
+    }
+
+    /// Loads a key and checks that it is of one of the `allowed` classes.
+    pub(crate) fn load_class(
+        &self,
+        r: &KeyRef,
+        allowed: &[keys::KeyClass],
+        purpose: &str,
+    ) -> Result<CachedKey, HsmError> {
+        let k = self.load(r)?;
+        if !allowed.contains(&k.key_type().class()) {
+            return Err(err(
+                Reason::KeyUsageMismatch,
+                format!("{r} is a {} and cannot be used {purpose}", k.key_type()),
+            ));
+        }
+        Ok(k)
+    }
+
+    /// Creates a stored key: wraps it under the LMK with its id and builds the record.
+    pub(crate) fn new_record(
+        &self,
+        key_type: KeyType,
+        algorithm: Algorithm,
+        clear: &[u8],
+        exportable: bool,
+        alias: &str,
+        version: u32,
+    ) -> Result<(KeyRecord, LoadedKey), HsmError> {
+        let key_id = new_key_id();
+        let loaded = LoadedKey::new(
+            KeyMeta {
+                key_type,
+                algorithm,
+                exportable,
+                key_id: Some(key_id.clone()),
+                kcv: String::new(),
+            },
+            clear,
+        )?;
+        let key_block = keys::wrap_under_lmk(&self.lmk, &loaded)?;
+        let rec = KeyRecord {
+            v: RECORD_FORMAT,
+            key_id,
+            alias: alias.to_string(),
+            key_type: key_type.name().to_string(),
+            algorithm: keys::types::algorithm_name(algorithm).to_string(),
+            kcv: loaded.meta().kcv.clone(),
+            state: STATE_ACTIVE.to_string(),
+            version,
+            exportable,
+            key_block,
+            created_unix: crate::now_unix(),
+            retired_unix: 0,
+        };
+        Ok((rec, loaded))
+    }
+
+    pub(crate) fn check_algorithm_allowed(
+        &self,
+        key_type: KeyType,
+        alg: Algorithm,
+    ) -> Result<(), HsmError> {
+        if alg == Algorithm::Des && !self.config.allow_single_des {
+            return Err(err(
+                Reason::SingleDesDisabled,
+                "single-DES keys are disabled: set allow_single_des = true in the config for legacy terminals",
+            ));
+        }
+        if !key_type.allows(alg) {
+            return Err(err(
+                Reason::UnsupportedAlgorithm,
+                format!(
+                    "a {key_type} cannot be {}",
+                    keys::types::algorithm_name(alg)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn terminal_cache_get(&self, terminal_id: &str) -> Option<Arc<TerminalKeys>> {
+        self.terminals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(terminal_id)
+            .cloned()
+    }
+
+    pub(crate) fn terminal_cache_put(&self, terminal_id: &str, keys: Arc<TerminalKeys>) {
+        let mut t = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the key cache: a terminal's keys are re-read from the store on a miss.
+        if t.len() >= self.config.key_cache_capacity && !t.contains_key(terminal_id) {
+            if let Some(victim) = t.keys().next().cloned() {
+                t.remove(&victim);
+            }
+        }
+        t.insert(terminal_id.to_string(), keys);
+    }
+
+    pub(crate) fn forget_key(&self, key_id: &str) {
+        self.cache.invalidate_key_id(key_id);
+        // Terminals holding the key re-resolve on their next call.
+        let mut t = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|_, tk| {
+            let holds = |k: &Option<CachedKey>| {
+                k.as_ref().and_then(|k| k.meta().key_id.clone()).as_deref() == Some(key_id)
+            };
+            !(holds(&tk.pik) || holds(&tk.mak))
+        });
+    }
+}
+
+/// Parses a terminal id: 1–32 characters of A–Z, a–z, 0–9, '-', '_'.
+/// (ISO 8583 field 41 is 8 characters; some acquirers prefix a merchant code.)
+pub fn parse_terminal_id(s: &str) -> Result<String, HsmError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(err(
+            Reason::InvalidTerminalId,
+            "terminal id must be 1–32 characters of A–Z, a–z, 0–9, '-' or '_'",
+        ))
+    }
+}

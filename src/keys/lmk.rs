@@ -1,0 +1,379 @@
+//! The Local Master Key: AES-256, root of the hierarchy. It exists in clear only
+//! inside a [`Locked`] page of this process. At rest it is sealed with
+//! AES-256-GCM under a key derived with Argon2id from the custodians'
+//! passphrases. Every other key is a TR-31 version D block under it, stamped
+//! with the LMK's identity (optional block `KP`). Nothing here prints the LMK.
+
+use crate::crypto::{kcv, Algorithm, Cipher};
+use crate::sys::Locked;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Format tag of the sealed LMK file.
+pub const SEALED_FORMAT: &str = "poshsm-sealed-lmk/1";
+/// Fixed passphrase `serve --dev` seals its LMK with. Never for production.
+pub const DEV_PASSPHRASE: &str = "poshsm-dev-insecure-passphrase";
+/// Number of hex characters of the LMK KCV carried in each key block (5 bytes).
+const KP_KCV_HEX: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LmkError {
+    #[error("at least {min} custodian passphrases are required, got {got}")]
+    TooFewCustodians { min: usize, got: usize },
+    #[error("the sealed LMK needs {want} custodian passphrases, got {got}")]
+    WrongCustodianCount { want: usize, got: usize },
+    #[error("cannot unseal the LMK: wrong passphrases, wrong order, or a tampered sealed file")]
+    UnsealFailed,
+    #[error("the unsealed LMK's check value {got} does not match the sealed file's {want}")]
+    KcvMismatch { want: String, got: String },
+    #[error("sealed LMK file is malformed: {0}")]
+    Malformed(String),
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+/// Argon2id parameters recorded in the sealed file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// OWASP-style production parameters: 64 MiB, 3 passes.
+    pub const PRODUCTION: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
+    /// Light parameters for `--dev` and tests (the dev passphrase is public anyway).
+    pub const DEV: KdfParams = KdfParams {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+}
+
+/// The sealed LMK as stored in `DIR/lmk.sealed` (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedLmk {
+    pub format: String,
+    pub kdf: String,
+    pub kdf_params: KdfParams,
+    pub custodians: u32,
+    /// Hex of the LMK's full KCV block (AES-CMAC over zeros); public.
+    pub kcv: String,
+    pub salt: String,
+    pub nonce: String,
+    pub ciphertext: String,
+    pub created_unix: i64,
+}
+
+impl SealedLmk {
+    fn aad(&self) -> String {
+        format!(
+            "{}|{}|{}:{}:{}|{}|{}|{}",
+            self.format,
+            self.kdf,
+            self.kdf_params.m_kib,
+            self.kdf_params.t,
+            self.kdf_params.p,
+            self.custodians,
+            self.kcv,
+            self.salt
+        )
+    }
+
+    pub fn to_json(&self) -> String {
+        // invariant: a struct of strings and integers always serializes
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<SealedLmk, LmkError> {
+        let sealed: SealedLmk =
+            serde_json::from_str(s).map_err(|e| LmkError::Malformed(e.to_string()))?;
+        if sealed.format != SEALED_FORMAT {
+            return Err(LmkError::Malformed(format!(
+                "unknown format {:?}, expected {SEALED_FORMAT}",
+                sealed.format
+            )));
+        }
+        Ok(sealed)
+    }
+}
+
+struct LmkInner {
+    key: [u8; 32],
+    kcv: [u8; 16],
+}
+
+impl Drop for LmkInner {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+/// The clear LMK, in locked memory. No `Clone`, no `Debug` of the key.
+pub struct Lmk {
+    inner: Locked<LmkInner>,
+    kp: String,
+}
+
+impl std::fmt::Debug for Lmk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lmk(kcv={}, <redacted>)", self.kcv_hex(3))
+    }
+}
+
+fn cmac_kcv(key: &[u8; 32]) -> Result<[u8; 16], crate::crypto::CryptoError> {
+    let cipher = Cipher::new(Algorithm::Aes256, key)?;
+    let block = kcv::kcv_block(&cipher);
+    let mut out = [0u8; 16];
+    let n = block.len().min(16);
+    out[..n].copy_from_slice(&block[..n]);
+    Ok(out)
+}
+
+impl Lmk {
+    /// A fresh LMK from the OS RNG.
+    pub fn generate() -> Lmk {
+        let mut key = Zeroizing::new([0u8; 32]);
+        crate::crypto::random_bytes(&mut key[..]);
+        Lmk::from_bytes(&key)
+    }
+
+    /// An LMK from given bytes (unsealing, and tests that need two modules).
+    pub fn from_bytes(key: &[u8; 32]) -> Lmk {
+        // invariant: a 32-byte key is always a valid AES-256 key
+        let kcv = cmac_kcv(key).unwrap_or([0u8; 16]);
+        let inner = Locked::new(LmkInner { key: *key, kcv });
+        let kp = format!("01{}", &hex::encode_upper(kcv)[..KP_KCV_HEX]);
+        Lmk { inner, kp }
+    }
+
+    /// Upper-case hex of the first `n` bytes of the LMK's KCV (AES-CMAC over zeros).
+    pub fn kcv_hex(&self, n: usize) -> String {
+        hex::encode_upper(&self.inner.kcv[..n.min(16)])
+    }
+
+    /// The `KP` optional-block value that names this LMK inside key blocks.
+    pub fn kp_block(&self) -> &str {
+        &self.kp
+    }
+
+    pub(crate) fn kbpk(&self) -> &[u8; 32] {
+        &self.inner.key
+    }
+
+    /// Seals the LMK under the custodians' passphrases (in custodian order).
+    pub fn seal(
+        &self,
+        passphrases: &[SecretString],
+        params: KdfParams,
+    ) -> Result<SealedLmk, LmkError> {
+        if passphrases.len() < 2 {
+            return Err(LmkError::TooFewCustodians {
+                min: 2,
+                got: passphrases.len(),
+            });
+        }
+        let mut salt = [0u8; 16];
+        crate::crypto::random_bytes(&mut salt);
+        let mut nonce = [0u8; 12];
+        crate::crypto::random_bytes(&mut nonce);
+        let mut sealed = SealedLmk {
+            format: SEALED_FORMAT.to_string(),
+            kdf: "argon2id-v19".to_string(),
+            kdf_params: params,
+            custodians: passphrases.len() as u32,
+            kcv: hex::encode_upper(self.inner.kcv),
+            salt: hex::encode_upper(salt),
+            nonce: hex::encode_upper(nonce),
+            ciphertext: String::new(),
+            created_unix: crate::now_unix(),
+        };
+        let kek = derive_kek(passphrases, &salt, params)?;
+        let gcm = Aes256Gcm::new_from_slice(&kek[..]).map_err(|e| LmkError::Kdf(e.to_string()))?;
+        let aad = sealed.aad();
+        let ct = gcm
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &self.inner.key,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| LmkError::Kdf("AES-GCM seal failed".into()))?;
+        sealed.ciphertext = hex::encode_upper(ct);
+        Ok(sealed)
+    }
+
+    /// Unseals and checks the KCV recorded in the sealed file.
+    pub fn unseal(sealed: &SealedLmk, passphrases: &[SecretString]) -> Result<Lmk, LmkError> {
+        if passphrases.len() != sealed.custodians as usize {
+            return Err(LmkError::WrongCustodianCount {
+                want: sealed.custodians as usize,
+                got: passphrases.len(),
+            });
+        }
+        let bad = |what: &str| LmkError::Malformed(format!("{what} is not valid hex"));
+        let salt = hex::decode(&sealed.salt).map_err(|_| bad("salt"))?;
+        let nonce = hex::decode(&sealed.nonce).map_err(|_| bad("nonce"))?;
+        let ct = hex::decode(&sealed.ciphertext).map_err(|_| bad("ciphertext"))?;
+        if nonce.len() != 12 || salt.len() < 8 {
+            return Err(LmkError::Malformed(
+                "nonce or salt has the wrong length".into(),
+            ));
+        }
+        let kek = derive_kek(passphrases, &salt, sealed.kdf_params)?;
+        let gcm = Aes256Gcm::new_from_slice(&kek[..]).map_err(|e| LmkError::Kdf(e.to_string()))?;
+        let aad = sealed.aad();
+        let clear = Zeroizing::new(
+            gcm.decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ct,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| LmkError::UnsealFailed)?,
+        );
+        let key: Zeroizing<[u8; 32]> = Zeroizing::new(
+            clear[..]
+                .try_into()
+                .map_err(|_| LmkError::Malformed("sealed LMK is not 32 bytes".into()))?,
+        );
+        let lmk = Lmk::from_bytes(&key);
+        let got = hex::encode_upper(lmk.inner.kcv);
+        if got != sealed.kcv.to_ascii_uppercase() {
+            return Err(LmkError::KcvMismatch {
+                want: sealed.kcv.clone(),
+                got,
+            });
+        }
+        Ok(lmk)
+    }
+}
+
+fn derive_kek(
+    passphrases: &[SecretString],
+    salt: &[u8],
+    params: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, LmkError> {
+    // Each passphrase length-prefixed, in custodian order, so no two different
+    // lists of passphrases give the same Argon2 input.
+    let mut input = Zeroizing::new(Vec::new());
+    for p in passphrases {
+        let b = p.expose_secret().as_bytes();
+        input.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        input.extend_from_slice(b);
+    }
+    let argon_params = argon2::Params::new(params.m_kib, params.t, params.p, Some(32))
+        .map_err(|e| LmkError::Kdf(e.to_string()))?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon_params,
+    );
+    let mut out = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(&input, salt, &mut out[..])
+        .map_err(|e| LmkError::Kdf(e.to_string()))?;
+    Ok(out)
+}
+
+/// Parses `POSHSM_LMK_PASSPHRASES`-style text: one passphrase per line.
+pub fn passphrases_from_lines(text: &str) -> Vec<SecretString> {
+    text.lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .map(|l| SecretString::from(l.to_string()))
+        .collect()
+}
+
+/// The dev passphrases (`serve --dev`): two custodians, both the public dev phrase.
+pub fn dev_passphrases() -> Vec<SecretString> {
+    vec![
+        SecretString::from(format!("{DEV_PASSPHRASE}-1")),
+        SecretString::from(format!("{DEV_PASSPHRASE}-2")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pw(list: &[&str]) -> Vec<SecretString> {
+        list.iter()
+            .map(|s| SecretString::from(s.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sealed_lmk_unseals_with_the_same_passphrases_and_keeps_its_kcv() {
+        let lmk = Lmk::generate();
+        let sealed = lmk
+            .seal(&pw(&["alpha-one", "bravo-two"]), KdfParams::DEV)
+            .unwrap();
+        let json = sealed.to_json();
+        assert!(!json.contains(&hex::encode_upper(lmk.kbpk())));
+        let back = Lmk::unseal(
+            &SealedLmk::from_json(&json).unwrap(),
+            &pw(&["alpha-one", "bravo-two"]),
+        )
+        .unwrap();
+        assert_eq!(back.kcv_hex(16), lmk.kcv_hex(16));
+        assert_eq!(back.kbpk(), lmk.kbpk());
+    }
+
+    #[test]
+    fn wrong_passphrase_or_order_does_not_unseal() {
+        let lmk = Lmk::generate();
+        let sealed = lmk
+            .seal(&pw(&["alpha-one", "bravo-two"]), KdfParams::DEV)
+            .unwrap();
+        assert!(matches!(
+            Lmk::unseal(&sealed, &pw(&["alpha-one", "bravo-TWO"])),
+            Err(LmkError::UnsealFailed)
+        ));
+        assert!(matches!(
+            Lmk::unseal(&sealed, &pw(&["bravo-two", "alpha-one"])),
+            Err(LmkError::UnsealFailed)
+        ));
+        assert!(matches!(
+            Lmk::unseal(&sealed, &pw(&["alpha-one"])),
+            Err(LmkError::WrongCustodianCount { .. })
+        ));
+    }
+
+    #[test]
+    fn a_tampered_kcv_or_parameter_in_the_sealed_file_is_refused() {
+        let lmk = Lmk::generate();
+        let mut sealed = lmk
+            .seal(&pw(&["alpha-one", "bravo-two"]), KdfParams::DEV)
+            .unwrap();
+        sealed.kcv = "00".repeat(16);
+        assert!(Lmk::unseal(&sealed, &pw(&["alpha-one", "bravo-two"])).is_err());
+    }
+
+    #[test]
+    fn one_custodian_is_not_enough() {
+        let lmk = Lmk::generate();
+        assert!(matches!(
+            lmk.seal(&pw(&["alone"]), KdfParams::DEV),
+            Err(LmkError::TooFewCustodians { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_output_shows_no_key_bytes() {
+        let lmk = Lmk::from_bytes(&[0x11; 32]);
+        let dbg = format!("{lmk:?}");
+        assert!(!dbg.contains("1111"), "{dbg}");
+    }
+}

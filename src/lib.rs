@@ -1,0 +1,50 @@
+//! # poshsm — a software payment HSM
+//!
+//! poshsm owns the key hierarchy of a card-present acquirer (LMK → TMK/ZMK →
+//! PIK/MAK/TDK/ZPK/ZAK), hands out daily working keys at terminal sign-in,
+//! translates PIN blocks and generates/verifies MACs — and never lets a clear
+//! key or a clear PIN leave it.
+//!
+//! ## Map of the modules (see ARCHITECTURE.md for the rules between them)
+//!
+//! | module | what it is | may call |
+//! |---|---|---|
+//! | [`crypto`] | hazmat primitives: ciphers, KCVs, ISO 9564 PIN blocks, MACs | — |
+//! | [`keys`] | key types and usage rules, the sealed LMK, LMK key blocks, the key cache | `crypto`, `keyblocks`, `sys` |
+//! | [`store`] | sled trees for keys, aliases, terminals and the audit hash chain; sees key blocks only | — |
+//! | [`hsm`] | the transport-free core: one method per operation, `Result<_, HsmError>` | `keys`, `crypto`, `store` |
+//! | `server` | tonic services over mutual TLS, role checks, `HsmError` → `Status` | `hsm` |
+//! | `cli` | `serve`, `admin …`, `lmk init`, `bench`, `simulate` | `server`, `proto` |
+//! | `sys` | the only `unsafe`: locked non-dumpable pages, core dumps off | libc |
+//!
+//! ## Invariants
+//!
+//! - Clear key bytes exist only inside `crypto` and `keys` (in [`keys::LoadedKey`]
+//!   on locked pages, and transiently in zeroizing buffers). `store` sees LMK
+//!   key blocks; `server` never touches key bytes.
+//! - Every key at rest and every `key_block` handed out is a TR-31 version D block
+//!   under the LMK; operations check its header (usage, type), not a side table.
+//! - No error, log line or `Debug` output contains a clear key or PIN.
+#![deny(unsafe_code)]
+
+pub mod crypto;
+pub mod hsm;
+pub mod keys;
+pub mod store;
+pub mod sys;
+
+pub mod proto {
+    //! Generated gRPC types and services (package `poshsm.v1`).
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("poshsm.v1");
+    /// Encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("poshsm_descriptor");
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,518 @@
+//! Storage: sled trees `keys`, `aliases`, `terminals`, `audit`, `meta` under
+//! `--data-dir` (DESIGN.md §4). Records are versioned JSON. Every multi-record
+//! change, with its audit events, is one sled transaction; callers flush
+//! before they answer. The store sees LMK key blocks only, never a clear key.
+
+pub mod audit;
+
+use audit::{AuditDraft, AuditRecord, ChainVerifier};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Format version of key and terminal records.
+pub const RECORD_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Io(String),
+    #[error("corrupt record in tree {tree}: {problem}")]
+    Corrupt { tree: &'static str, problem: String },
+    #[error("alias {0:?} is already in use")]
+    AliasExists(String),
+    #[error("terminal {0:?} already exists")]
+    TerminalExists(String),
+    #[error("terminal {0:?} changed while this operation ran; retry")]
+    Conflict(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub v: u32,
+    pub key_id: String,
+    #[serde(default)]
+    pub alias: String,
+    pub key_type: String,
+    pub algorithm: String,
+    pub kcv: String,
+    pub state: String,
+    pub version: u32,
+    pub exportable: bool,
+    pub key_block: String,
+    pub created_unix: i64,
+    #[serde(default)]
+    pub retired_unix: i64,
+}
+
+pub const STATE_ACTIVE: &str = "ACTIVE";
+pub const STATE_RETIRED: &str = "RETIRED";
+
+/// One sign-in's working keys (ids into the `keys` tree).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingSet {
+    pub pik: String,
+    pub mak: String,
+    #[serde(default)]
+    pub tdk: String,
+    pub issued_unix: i64,
+    pub key_version: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    pub v: u32,
+    pub terminal_id: String,
+    #[serde(default)]
+    pub merchant_id: String,
+    pub tmk_key_id: String,
+    pub tmk_kcv: String,
+    pub key_version: u32,
+    pub last_sign_in_unix: i64,
+    pub created_unix: i64,
+    pub current: Option<WorkingSet>,
+    pub previous: Option<WorkingSet>,
+}
+
+/// All the writes of one operation, applied atomically with its audit events.
+#[derive(Default, Debug)]
+pub struct Batch {
+    pub put_keys: Vec<KeyRecord>,
+    pub delete_keys: Vec<String>,
+    /// Aliases to bind: (alias, key id). Fails with AliasExists if bound to another key.
+    pub bind_aliases: Vec<(String, String)>,
+    pub unbind_aliases: Vec<String>,
+    /// Terminals to insert; fails with TerminalExists if present.
+    pub create_terminals: Vec<TerminalRecord>,
+    /// Terminals to update: (record, expected key_version before) for optimistic concurrency.
+    pub update_terminals: Vec<(TerminalRecord, u32)>,
+    pub audit: Vec<AuditDraft>,
+}
+
+struct AuditHead {
+    next_seq: u64,
+    last_hash: [u8; 32],
+}
+
+/// The sled store. Open it once per process.
+pub struct Store {
+    db: sled::Db,
+    keys: sled::Tree,
+    aliases: sled::Tree,
+    terminals: sled::Tree,
+    audit: sled::Tree,
+    meta: sled::Tree,
+    head: Mutex<AuditHead>,
+}
+
+fn corrupt(tree: &'static str, problem: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        problem: problem.into(),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    key: &[u8],
+    v: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| {
+        corrupt(
+            tree,
+            format!(
+                "record {:?} does not parse: {e}",
+                String::from_utf8_lossy(key)
+            ),
+        )
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // invariant: our records are plain structs of strings and integers
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`. Reads the audit head;
+    /// does not verify records (the core's self-test does).
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Store::from_db(db)
+    }
+
+    /// A throw-away database for tests.
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Store::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+        let keys = db.open_tree("keys")?;
+        let aliases = db.open_tree("aliases")?;
+        let terminals = db.open_tree("terminals")?;
+        let audit = db.open_tree("audit")?;
+        let meta = db.open_tree("meta")?;
+        let head = match audit.last()? {
+            Some((k, v)) => {
+                let rec: AuditRecord = decode("audit", &k, &v)?;
+                AuditHead {
+                    next_seq: rec.seq + 1,
+                    last_hash: rec.hash,
+                }
+            }
+            None => AuditHead {
+                next_seq: 1,
+                last_hash: [0u8; 32],
+            },
+        };
+        Ok(Store {
+            db,
+            keys,
+            aliases,
+            terminals,
+            audit,
+            meta,
+            head: Mutex::new(head),
+        })
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        match self.keys.get(key_id.as_bytes())? {
+            Some(v) => Ok(Some(decode("keys", key_id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn key_id_for_alias(&self, alias: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .aliases
+            .get(alias.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Up to `limit` keys after `after` (exclusive), in key-id order.
+    pub fn list_keys(&self, after: &str, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut out = Vec::new();
+        let range = if after.is_empty() {
+            self.keys.range::<&[u8], _>(..)
+        } else {
+            self.keys.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            ))
+        };
+        for item in range {
+            let (k, v) = item?;
+            out.push(decode("keys", &k, &v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` on every key record (self-test, LMK rotation, backup).
+    pub fn for_each_key(
+        &self,
+        mut f: impl FnMut(KeyRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.keys.iter() {
+            let (k, v) = item?;
+            f(decode("keys", &k, &v)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn get_terminal(&self, terminal_id: &str) -> Result<Option<TerminalRecord>, StoreError> {
+        match self.terminals.get(terminal_id.as_bytes())? {
+            Some(v) => Ok(Some(decode("terminals", terminal_id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_terminals(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<TerminalRecord>, StoreError> {
+        let mut out = Vec::new();
+        let range = if after.is_empty() {
+            self.terminals.range::<&[u8], _>(..)
+        } else {
+            self.terminals.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            ))
+        };
+        for item in range {
+            let (k, v) = item?;
+            out.push(decode("terminals", &k, &v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn for_each_terminal(
+        &self,
+        mut f: impl FnMut(TerminalRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.terminals.iter() {
+            let (k, v) = item?;
+            f(decode("terminals", &k, &v)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (self.keys.len() as u64, self.terminals.len() as u64)
+    }
+
+    /// Audit events with `seq >= since`, in order, at most `limit`.
+    pub fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.audit.range(since.max(1).to_be_bytes()..) {
+            let (k, v) = item?;
+            out.push(decode("audit", &k, &v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies the whole audit chain; returns the number of events.
+    pub fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+        let mut v = ChainVerifier::new();
+        for item in self.audit.iter() {
+            let (k, val) = item?;
+            let rec: AuditRecord = decode("audit", &k, &val)?;
+            if k.as_ref() != rec.seq.to_be_bytes() {
+                return Err(corrupt(
+                    "audit",
+                    format!("event {} is stored under another sequence number", rec.seq),
+                ));
+            }
+            v.push(&rec).map_err(|p| corrupt("audit", p))?;
+        }
+        Ok(v.count())
+    }
+
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(name.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(name.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// Applies `batch` atomically and appends its audit events to the chain.
+    /// Returns the sealed audit records. Does not flush.
+    pub fn commit(&self, batch: Batch) -> Result<Vec<AuditRecord>, StoreError> {
+        // The head lock serialises chain appends; the transaction itself is short.
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::now_unix();
+        let mut prev = head.last_hash;
+        let records: Vec<AuditRecord> = batch
+            .audit
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let r = AuditRecord::seal(head.next_seq + i as u64, now, d.clone(), prev);
+                prev = r.hash;
+                r
+            })
+            .collect();
+        let encoded_keys: Vec<(String, Vec<u8>)> = batch
+            .put_keys
+            .iter()
+            .map(|k| (k.key_id.clone(), encode(k)))
+            .collect();
+        let result = (&self.keys, &self.aliases, &self.terminals, &self.audit).transaction(
+            |(keys, aliases, terminals, audit)| {
+                for (alias, id) in &batch.bind_aliases {
+                    if let Some(existing) = aliases.get(alias.as_bytes())? {
+                        if existing.as_ref() != id.as_bytes()
+                            && !batch.unbind_aliases.contains(alias)
+                        {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::AliasExists(alias.clone()),
+                            ));
+                        }
+                    }
+                }
+                for t in &batch.create_terminals {
+                    if terminals.get(t.terminal_id.as_bytes())?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::TerminalExists(t.terminal_id.clone()),
+                        ));
+                    }
+                }
+                for (t, expected_version) in &batch.update_terminals {
+                    let current = terminals.get(t.terminal_id.as_bytes())?;
+                    let ok = match current {
+                        Some(v) => serde_json::from_slice::<TerminalRecord>(&v)
+                            .map(|r| r.key_version == *expected_version)
+                            .unwrap_or(false),
+                        None => false,
+                    };
+                    if !ok {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
+                            t.terminal_id.clone(),
+                        )));
+                    }
+                }
+                for id in &batch.delete_keys {
+                    keys.remove(id.as_bytes())?;
+                }
+                for (id, bytes) in &encoded_keys {
+                    keys.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for alias in &batch.unbind_aliases {
+                    aliases.remove(alias.as_bytes())?;
+                }
+                for (alias, id) in &batch.bind_aliases {
+                    aliases.insert(alias.as_bytes(), id.as_bytes())?;
+                }
+                for t in &batch.create_terminals {
+                    terminals.insert(t.terminal_id.as_bytes(), encode(t))?;
+                }
+                for (t, _) in &batch.update_terminals {
+                    terminals.insert(t.terminal_id.as_bytes(), encode(t))?;
+                }
+                for r in &records {
+                    audit.insert(&r.seq.to_be_bytes(), encode(r))?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {
+                if let Some(last) = records.last() {
+                    head.next_seq = last.seq + 1;
+                    head.last_hash = last.hash;
+                }
+                Ok(records)
+            }
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> KeyRecord {
+        KeyRecord {
+            v: RECORD_FORMAT,
+            key_id: id.into(),
+            alias: String::new(),
+            key_type: "ZPK".into(),
+            algorithm: "TDES_2KEY".into(),
+            kcv: "ABCDEF".into(),
+            state: STATE_ACTIVE.into(),
+            version: 1,
+            exportable: false,
+            key_block: "D0000P0TB00N0000".into(),
+            created_unix: 1,
+            retired_unix: 0,
+        }
+    }
+
+    fn draft(op: &str) -> AuditDraft {
+        AuditDraft {
+            actor: "t".into(),
+            operation: op.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_taken_alias_aborts_the_whole_batch() {
+        let s = Store::temporary().unwrap();
+        s.commit(Batch {
+            put_keys: vec![key("k1")],
+            bind_aliases: vec![("zpk".into(), "k1".into())],
+            audit: vec![draft("a")],
+            ..Default::default()
+        })
+        .unwrap();
+        let err = s
+            .commit(Batch {
+                put_keys: vec![key("k2")],
+                bind_aliases: vec![("zpk".into(), "k2".into())],
+                audit: vec![draft("b")],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AliasExists(_)));
+        assert!(s.get_key("k2").unwrap().is_none(), "nothing half-written");
+        assert_eq!(
+            s.verify_audit_chain().unwrap(),
+            1,
+            "no audit event for the aborted batch"
+        );
+    }
+
+    #[test]
+    fn records_and_chain_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for i in 0..3 {
+                s.commit(Batch {
+                    put_keys: vec![key(&format!("k{i}"))],
+                    audit: vec![draft("GenerateKey")],
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.list_keys("", 10).unwrap().len(), 3);
+        assert_eq!(s.verify_audit_chain().unwrap(), 3);
+        s.commit(Batch {
+            audit: vec![draft("after-reopen")],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.verify_audit_chain().unwrap(), 4);
+    }
+
+    #[test]
+    fn pages_of_keys_continue_after_the_token() {
+        let s = Store::temporary().unwrap();
+        s.commit(Batch {
+            put_keys: (0..5).map(|i| key(&format!("k{i}"))).collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let first = s.list_keys("", 2).unwrap();
+        let second = s.list_keys(&first[1].key_id, 10).unwrap();
+        assert_eq!(first.len() + second.len(), 5);
+        assert_eq!(second[0].key_id, "k2");
+    }
+}
