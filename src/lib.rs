@@ -27,9 +27,12 @@
 //! - No error, log line or `Debug` output contains a clear key or PIN.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod crypto;
+pub mod devcerts;
 pub mod hsm;
 pub mod keys;
+pub mod server;
 pub mod store;
 pub mod sys;
 

@@ -163,7 +163,12 @@ pub fn unwrap(kbpk: &[u8], block: &str) -> Result<Unwrapped, Error> {
     let version = header.version;
     check_kbpk(version, kbpk)?;
 
-    let rest = &block.as_bytes()[header_len..];
+    // invariant: the parser only returns header lengths within the block; the
+    // checked split merely keeps this function free of panicking paths.
+    let (header_bytes, rest) = block
+        .as_bytes()
+        .split_at_checked(header_len)
+        .ok_or(Error::BadPayloadLength { len: 0, version })?;
     let mac_len = version.mac_len();
     let bs = version.block_size();
     let Some(payload_hex_len) = rest.len().checked_sub(2 * mac_len) else {
@@ -184,7 +189,6 @@ pub fn unwrap(kbpk: &[u8], block: &str) -> Result<Unwrapped, Error> {
         part: "encrypted key data",
     })?;
 
-    let header_bytes = &block.as_bytes()[..header_len];
     let mac = &received_mac[..mac_len];
     let opened = match (version, kbpk.len()) {
         (Version::A | Version::C, 16) => {
@@ -216,12 +220,14 @@ pub fn unwrap(kbpk: &[u8], block: &str) -> Result<Unwrapped, Error> {
     opened?;
 
     // Authenticated from here on: `payload` is `key length in bits ‖ key ‖ padding`.
-    let bits = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
-    let key_len = bits / 8;
-    if bits == 0 || bits % 8 != 0 || key_len > payload.len() - 2 {
+    let Some(([hi, lo], body)) = payload.split_first_chunk::<2>() else {
         return Err(Error::BadKeyLengthField);
-    }
-    let key = Zeroizing::new(payload[2..2 + key_len].to_vec());
+    };
+    let bits = usize::from(u16::from_be_bytes([*hi, *lo]));
+    let key = match body.get(..bits / 8) {
+        Some(key) if bits != 0 && bits % 8 == 0 => Zeroizing::new(key.to_vec()),
+        _ => return Err(Error::BadKeyLengthField),
+    };
     Ok(Unwrapped { header, key })
 }
 

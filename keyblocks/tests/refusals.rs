@@ -73,7 +73,10 @@ fn with_byte(block: &str, i: usize, c: u8) -> String {
 fn flipping_any_character_of_a_block_is_refused() {
     for (kbpk, block, _) in VECTORS {
         let kbpk = h(kbpk);
-        assert!(unwrap(&kbpk, block).is_ok(), "{block} must unwrap untouched");
+        assert!(
+            unwrap(&kbpk, block).is_ok(),
+            "{block} must unwrap untouched"
+        );
         let hlen = header_len(block);
         for i in 0..block.len() {
             let tampered = with_byte(block, i, flip(block.as_bytes()[i]));
@@ -144,7 +147,10 @@ fn truncated_and_padded_blocks_are_refused_with_their_lengths() {
         }
     );
     assert_eq!(unwrap(&kbpk, "").unwrap_err(), Error::TooShort { len: 0 });
-    assert_eq!(unwrap(&kbpk, "B00").unwrap_err(), Error::TooShort { len: 3 });
+    assert_eq!(
+        unwrap(&kbpk, "B00").unwrap_err(),
+        Error::TooShort { len: 3 }
+    );
 }
 
 #[test]
@@ -185,7 +191,10 @@ fn optional_block_count_and_length_lies_are_refused() {
     // Block length says more than is there.
     let long = block.replacen("KS18", "KSFF", 1);
     let err = unwrap(&kbpk, &long).unwrap_err();
-    assert!(matches!(err, Error::BadOptionalBlock { index: 1, .. }), "{err}");
+    assert!(
+        matches!(err, Error::BadOptionalBlock { index: 1, .. }),
+        "{err}"
+    );
     // Block length shorter than its own id and length field.
     let tiny = block.replacen("KS18", "KS03", 1);
     assert!(matches!(
@@ -270,7 +279,7 @@ fn bad_version_characters_are_refused() {
 
 #[test]
 fn kbpk_of_wrong_length_for_the_version_is_refused() {
-    for (kbpk, block, _) in VECTORS {
+    for (_, block, _) in VECTORS {
         let version = Version::from_byte(block.as_bytes()[0]).expect("version");
         for len in [0usize, 7, 8, 15, 17, 23, 25, 31, 32, 33, 48] {
             let key = vec![0x11u8; len];
@@ -319,7 +328,11 @@ fn structural_payload_problems_are_refused() {
         Error::NotPrintable { offset: 30 }
     );
     assert!(matches!(
-        unwrap(&kbpk, "B0080P0TE00E0000\u{e9}4B420079CC80BA3461F86FE26EFC4A3B8E4FA4C5F5341176EED7B727B8A248").unwrap_err(),
+        unwrap(
+            &kbpk,
+            "B0080P0TE00E0000\u{e9}4B420079CC80BA3461F86FE26EFC4A3B8E4FA4C5F5341176EED7B727B8A248"
+        )
+        .unwrap_err(),
         Error::NotPrintable { offset: 16 }
     ));
     // psec vectors: no key data at all, or a header not aligned to the block size.
@@ -361,7 +374,11 @@ fn authenticated_but_impossible_key_length_is_refused() {
         "B0064M3TC00E00000398DC96A5DDB0EF61E26F8935173BD478DF9484050A672A",
         "C0056M3TC00E000001235EC22408B6CE866746FF992B8707FD7A26D2",
     ] {
-        assert_eq!(unwrap(e16, block).unwrap_err(), Error::BadKeyLengthField, "{block}");
+        assert_eq!(
+            unwrap(e16, block).unwrap_err(),
+            Error::BadKeyLengthField,
+            "{block}"
+        );
     }
     // psec: "Key block MAC doesn't match generated MAC."
     for block in [
@@ -384,7 +401,7 @@ fn errors_and_debug_output_never_contain_key_bytes() {
         assert!(!debug.contains(key), "Debug shows the key as hex");
         assert!(!debug.contains(&key.to_lowercase()));
         assert!(
-            !debug.contains(&format!("{:?}", &key_bytes[..4]).trim_end_matches(']')),
+            !debug.contains(format!("{:?}", &key_bytes[..4]).trim_end_matches(']')),
             "Debug shows key bytes"
         );
         let mut wrong = kbpk_bytes.clone();
@@ -400,7 +417,10 @@ fn errors_and_debug_output_never_contain_key_bytes() {
     assert!(!messages.is_empty());
     for (msg, kbpk, key) in messages {
         assert!(!msg.contains(kbpk) && !msg.contains(key), "{msg}");
-        assert!(!msg.contains(&kbpk[..8]) && !msg.contains(&key[..8]), "{msg}");
+        assert!(
+            !msg.contains(&kbpk[..8]) && !msg.contains(&key[..8]),
+            "{msg}"
+        );
     }
 }
 

@@ -1,4 +1,34 @@
+//! The `poshsm` binary: parses the command line and hands over to `poshsm::cli`.
+//! Core dumps are switched off here (and only here) before any key is loaded.
+
+use clap::Parser;
+
 fn main() {
-    eprintln!("poshsm: the daemon and CLI are not built yet (see the open issues)");
-    std::process::exit(2);
+    let cli = poshsm::cli::Cli::parse();
+    if matches!(cli.command, poshsm::cli::Command::Serve { .. }) {
+        if let Err(e) = poshsm::sys::disable_core_dumps() {
+            eprintln!("poshsm: warning: could not disable core dumps: {e}");
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSHSM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("poshsm: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(msg) = rt.block_on(poshsm::cli::run(cli)) {
+        eprintln!("poshsm: {msg}");
+        std::process::exit(1);
+    }
 }

@@ -85,7 +85,6 @@ impl fmt::Display for Algorithm {
 }
 
 /// The expanded key schedule. AES schedules are boxed to keep the enum small.
-#[derive(Clone)]
 pub(crate) enum Schedule {
     Des(des::Des),
     Tdes2(des::TdesEde2),
@@ -251,6 +250,7 @@ impl Cipher {
         self.check_blocks("CBC encrypt", data.len())?;
         let bs = self.block_len();
         let mut chain = [0u8; 16];
+        // invariant: block lengths are 8 or 16, never more than the 16-byte buffer.
         let chain = &mut chain[..bs];
         chain.copy_from_slice(iv);
         for block in data.chunks_exact_mut(bs) {
@@ -268,7 +268,9 @@ impl Cipher {
         let bs = self.block_len();
         let mut chain = [0u8; 16];
         let mut next = [0u8; 16];
+        // invariant: block lengths are 8 or 16, never more than the 16-byte buffers.
         let chain = &mut chain[..bs];
+        // invariant: as above.
         let next = &mut next[..bs];
         chain.copy_from_slice(iv);
         for block in data.chunks_exact_mut(bs) {

@@ -30,8 +30,8 @@ pub enum Padding {
 fn for_each_padded_block(data: &[u8], bs: usize, padding: Padding, mut f: impl FnMut(&[u8])) {
     let mut buf = [0u8; 16];
     if padding == Padding::Method3 {
-        // invariant: `bs` is a cipher block length (8 or 16), so `16 - bs` cannot underflow.
         let bits = (data.len() as u128).wrapping_mul(8).to_be_bytes();
+        // invariant: `bs` is a cipher block length (8 or 16), so `16 - bs` cannot underflow.
         f(&bits[16 - bs..]);
     }
     let chunks = data.chunks_exact(bs);
@@ -39,6 +39,7 @@ fn for_each_padded_block(data: &[u8], bs: usize, padding: Padding, mut f: impl F
     for block in chunks {
         f(block);
     }
+    // invariant: `bs` is a cipher block length (8 or 16), within the 16-byte buffer.
     let last = &mut buf[..bs];
     match padding {
         Padding::Method1 | Padding::Method3 => {
@@ -51,7 +52,6 @@ fn for_each_padded_block(data: &[u8], bs: usize, padding: Padding, mut f: impl F
         Padding::Method2 => {
             // invariant: `rest.len() < bs == last.len()` (remainder of `chunks_exact`).
             last[..rest.len()].copy_from_slice(rest);
-            // `rest.len() < bs` because it is the remainder of `chunks_exact(bs)`.
             if let Some(marker) = last.get_mut(rest.len()) {
                 *marker = 0x80;
             }
@@ -97,19 +97,17 @@ impl RetailMac {
             operation: "ISO 9797-1 algorithm 3 (needs a 16- or 24-byte key)",
             actual: key.len(),
         };
-        let mut ede_key = Zeroizing::new([0u8; 24]);
-        match key.len() {
-            16 => {
-                // invariant: `key.len() == 16` in this arm, so both ranges are in bounds.
-                ede_key[..16].copy_from_slice(key);
-                ede_key[16..].copy_from_slice(&key[..8]);
-            }
-            24 => ede_key.copy_from_slice(key),
-            _ => return Err(bad()),
+        if !matches!(key.len(), 16 | 24) {
+            return Err(bad());
         }
-        // invariant: `ede_key` is a fixed 24-byte array.
-        let k1 = des::Des::new_from_slice(&ede_key[..8]).map_err(|_| bad())?;
-        let ede = des::TdesEde3::new_from_slice(&ede_key[..]).map_err(|_| bad())?;
+        // K1‖K2‖K1 for a 16-byte key, K1‖K2‖K3 for a 24-byte key.
+        let mut ede_key = Zeroizing::new([0u8; 24]);
+        for (d, s) in ede_key.iter_mut().zip(key.iter().chain(key.iter())) {
+            *d = *s;
+        }
+        let k1 =
+            des::Des::new_from_slice(ede_key.get(..8).unwrap_or_default()).map_err(|_| bad())?;
+        let ede = des::TdesEde3::new_from_slice(ede_key.as_slice()).map_err(|_| bad())?;
         Ok(RetailMac { k1, ede })
     }
 
@@ -147,6 +145,7 @@ pub fn unionpay_ecb_block(cipher: &Cipher, data: &[u8]) -> Vec<u8> {
         xor_in_place(&mut r, block);
     }
     let h = hex::encode_upper(&r).into_bytes();
+    // invariant: `h` is the hex of `bs` bytes, so it is `2 * bs` long.
     let (h1, h2) = h.split_at(bs);
     let mut t = h1.to_vec();
     cipher.encrypt_checked(&mut t);

@@ -254,6 +254,7 @@ fn pan_field_iso0(pan: &Pan) -> [u8; 8] {
 
 /// Random nibbles in `lo..=15`, unbiased (rejection sampling over OS random bytes).
 fn random_nibbles(lo: u8) -> Zeroizing<[u8; 14]> {
+    // invariant: callers pass 0x0 or 0xA, so this neither underflows nor is zero.
     let span = 16 - lo;
     // Largest multiple of `span` that fits in a byte: values at or above it are re-drawn.
     let limit = (256 / u16::from(span)) * u16::from(span);

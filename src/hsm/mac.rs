@@ -98,18 +98,19 @@ impl Hsm {
         self.check_message(req.message)?;
         let (key, _) = self.mac_keys(&req.source)?;
         let mut out = compute(&key, req.algorithm, req.message)?;
-        let n =
-            match req.mac_length {
-                0 => out.len(),
-                n if (MIN_MAC_LEN..=out.len()).contains(&n) => n,
-                n => return Err(err(
+        let n = match req.mac_length {
+            0 => out.len(),
+            n if (MIN_MAC_LEN..=out.len()).contains(&n) => n,
+            n => {
+                return Err(err(
                     Reason::InvalidMacLength,
                     format!(
                         "mac_length {n} is outside {MIN_MAC_LEN}..={} for this algorithm and key",
                         out.len()
                     ),
-                )),
-            };
+                ))
+            }
+        };
         out.truncate(n);
         Ok(out)
     }

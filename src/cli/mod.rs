@@ -1,0 +1,98 @@
+//! The `poshsm` command line: `serve`, `lmk init`, `admin …`, `completions`.
+//! Each command is a thin adapter: the daemon over `server`, the admin
+//! commands over the gRPC API (never the store directly).
+
+pub mod admin;
+pub mod client;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "poshsm",
+    version,
+    about = "A software payment HSM: key hierarchy, sign-in, PIN translation and MACs over mutual-TLS gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        #[arg(long, default_value = "./poshsm-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// TOML config: [hsm] policy, [access] certificate CN → role, [tls] paths.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// First run creates the data dir, dev certificates and an LMK sealed under a public dev passphrase.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// LMK ceremony.
+    Lmk {
+        #[command(subcommand)]
+        command: LmkCommand,
+    },
+    /// Administer a running daemon over mutual TLS.
+    Admin(admin::AdminArgs),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LmkCommand {
+    /// Generate a new LMK and seal it under the custodians' passphrases
+    /// (read without echo, or from POSHSM_LMK_PASSPHRASES, one per line).
+    Init {
+        #[arg(long, default_value = "./poshsm-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        custodians: usize,
+    },
+}
+
+/// Runs a parsed command; the error is the message for stderr.
+pub async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            config,
+            dev,
+        } => {
+            serve::serve(serve::ServeOptions {
+                data_dir,
+                listen,
+                config,
+                dev,
+            })
+            .await
+        }
+        Command::Lmk {
+            command:
+                LmkCommand::Init {
+                    data_dir,
+                    custodians,
+                },
+        } => {
+            let kcv = tokio::task::spawn_blocking(move || serve::lmk_init(&data_dir, custodians))
+                .await
+                .map_err(|e| e.to_string())??;
+            println!("LMK generated and sealed; check value {kcv}");
+            Ok(())
+        }
+        Command::Admin(args) => admin::run(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "poshsm", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}

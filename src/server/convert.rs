@@ -1,0 +1,210 @@
+//! Conversions between the generated proto types and the core's typed inputs.
+//! Every proto value is parsed here into a core type, so the core never sees
+//! an unchecked enum number or an empty reference.
+
+use crate::crypto::pinblock::PinBlockFormat;
+use crate::crypto::Algorithm;
+use crate::hsm::{self, err, HsmError, KeyRef, Reason};
+use crate::keys::KeyType;
+use crate::proto as pb;
+use crate::store::{audit::AuditRecord, KeyRecord, TerminalRecord};
+
+pub fn key_type(v: i32) -> Result<KeyType, HsmError> {
+    Ok(match pb::KeyType::try_from(v) {
+        Ok(pb::KeyType::Tmk) => KeyType::Tmk,
+        Ok(pb::KeyType::Zmk) => KeyType::Zmk,
+        Ok(pb::KeyType::Kek) => KeyType::Kek,
+        Ok(pb::KeyType::Tpk) => KeyType::Tpk,
+        Ok(pb::KeyType::Zpk) => KeyType::Zpk,
+        Ok(pb::KeyType::Tak) => KeyType::Tak,
+        Ok(pb::KeyType::Zak) => KeyType::Zak,
+        Ok(pb::KeyType::Tdk) => KeyType::Tdk,
+        Ok(pb::KeyType::Zek) => KeyType::Zek,
+        _ => {
+            return Err(err(
+                Reason::InvalidArgument,
+                format!(
+                    "key_type {v} is not a key type (TMK, ZMK, KEK, TPK, ZPK, TAK, ZAK, TDK, ZEK)"
+                ),
+            ))
+        }
+    })
+}
+
+pub fn key_type_to_pb(t: KeyType) -> pb::KeyType {
+    match t {
+        KeyType::Tmk => pb::KeyType::Tmk,
+        KeyType::Zmk => pb::KeyType::Zmk,
+        KeyType::Kek => pb::KeyType::Kek,
+        KeyType::Tpk => pb::KeyType::Tpk,
+        KeyType::Zpk => pb::KeyType::Zpk,
+        KeyType::Tak => pb::KeyType::Tak,
+        KeyType::Zak => pb::KeyType::Zak,
+        KeyType::Tdk => pb::KeyType::Tdk,
+        KeyType::Zek => pb::KeyType::Zek,
+    }
+}
+
+/// `None` for KEY_ALGORITHM_UNSPECIFIED.
+pub fn algorithm(v: i32) -> Result<Option<Algorithm>, HsmError> {
+    Ok(Some(match pb::KeyAlgorithm::try_from(v) {
+        Ok(pb::KeyAlgorithm::Unspecified) => return Ok(None),
+        Ok(pb::KeyAlgorithm::Tdes2key) => Algorithm::Tdes2,
+        Ok(pb::KeyAlgorithm::Tdes3key) => Algorithm::Tdes3,
+        Ok(pb::KeyAlgorithm::Aes128) => Algorithm::Aes128,
+        Ok(pb::KeyAlgorithm::Aes192) => Algorithm::Aes192,
+        Ok(pb::KeyAlgorithm::Aes256) => Algorithm::Aes256,
+        Ok(pb::KeyAlgorithm::Sm4) => Algorithm::Sm4,
+        Ok(pb::KeyAlgorithm::Des) => Algorithm::Des,
+        Err(_) => {
+            return Err(err(
+                Reason::InvalidArgument,
+                format!("algorithm {v} is not a key algorithm"),
+            ))
+        }
+    }))
+}
+
+pub fn algorithm_to_pb(a: Algorithm) -> pb::KeyAlgorithm {
+    match a {
+        Algorithm::Des => pb::KeyAlgorithm::Des,
+        Algorithm::Tdes2 => pb::KeyAlgorithm::Tdes2key,
+        Algorithm::Tdes3 => pb::KeyAlgorithm::Tdes3key,
+        Algorithm::Aes128 => pb::KeyAlgorithm::Aes128,
+        Algorithm::Aes192 => pb::KeyAlgorithm::Aes192,
+        Algorithm::Aes256 => pb::KeyAlgorithm::Aes256,
+        Algorithm::Sm4 => pb::KeyAlgorithm::Sm4,
+    }
+}
+
+pub fn key_ref(r: Option<&pb::KeyRef>, what: &str) -> Result<KeyRef, HsmError> {
+    let missing = || {
+        err(
+            Reason::InvalidArgument,
+            format!("{what} is missing: give a key_id, an alias or a key_block"),
+        )
+    };
+    match r.and_then(|r| r.r#ref.as_ref()) {
+        Some(pb::key_ref::Ref::KeyId(id)) if !id.is_empty() => Ok(KeyRef::Id(id.clone())),
+        Some(pb::key_ref::Ref::Alias(a)) if !a.is_empty() => Ok(KeyRef::Alias(a.clone())),
+        Some(pb::key_ref::Ref::KeyBlock(b)) if !b.is_empty() => Ok(KeyRef::Block(b.clone())),
+        _ => Err(missing()),
+    }
+}
+
+pub fn pin_format(v: i32, default: PinBlockFormat) -> Result<PinBlockFormat, HsmError> {
+    Ok(match pb::PinBlockFormat::try_from(v) {
+        Ok(pb::PinBlockFormat::Unspecified) => default,
+        Ok(pb::PinBlockFormat::Iso0) => PinBlockFormat::Iso0,
+        Ok(pb::PinBlockFormat::Iso1) => PinBlockFormat::Iso1,
+        Ok(pb::PinBlockFormat::Iso3) => PinBlockFormat::Iso3,
+        Ok(pb::PinBlockFormat::Iso4) => PinBlockFormat::Iso4,
+        Err(_) => {
+            return Err(err(
+                Reason::InvalidArgument,
+                format!("PIN block format {v} is unknown"),
+            ))
+        }
+    })
+}
+
+pub fn mac_algorithm(v: i32) -> Result<hsm::MacAlgorithm, HsmError> {
+    Ok(match pb::MacAlgorithm::try_from(v) {
+        Ok(pb::MacAlgorithm::Iso9797Alg1) => hsm::MacAlgorithm::Iso9797Alg1,
+        Ok(pb::MacAlgorithm::Iso9797Alg3) => hsm::MacAlgorithm::Iso9797Alg3,
+        Ok(pb::MacAlgorithm::UnionpayEcb) => hsm::MacAlgorithm::UnionpayEcb,
+        Ok(pb::MacAlgorithm::Cmac) => hsm::MacAlgorithm::Cmac,
+        _ => {
+            return Err(err(
+                Reason::InvalidArgument,
+                "algorithm must be ISO9797_ALG1, ISO9797_ALG3, UNIONPAY_ECB or CMAC",
+            ))
+        }
+    })
+}
+
+pub fn layout(v: i32) -> Result<Option<hsm::Field62Layout>, HsmError> {
+    use hsm::Field62Layout as L;
+    Ok(Some(match pb::Field62Layout::try_from(v) {
+        Ok(pb::Field62Layout::Unspecified) => return Ok(None),
+        Ok(pb::Field62Layout::Unionpay001) => L::Unionpay001,
+        Ok(pb::Field62Layout::Unionpay003) => L::Unionpay003,
+        Ok(pb::Field62Layout::Unionpay004) => L::Unionpay004,
+        Ok(pb::Field62Layout::DoubleMak) => L::DoubleMak,
+        Ok(pb::Field62Layout::Block16) => L::Block16,
+        Err(_) => {
+            return Err(err(
+                Reason::InvalidArgument,
+                format!("field-62 layout {v} is unknown"),
+            ))
+        }
+    }))
+}
+
+pub fn layout_to_pb(l: hsm::Field62Layout) -> pb::Field62Layout {
+    use hsm::Field62Layout as L;
+    match l {
+        L::Unionpay001 => pb::Field62Layout::Unionpay001,
+        L::Unionpay003 => pb::Field62Layout::Unionpay003,
+        L::Unionpay004 => pb::Field62Layout::Unionpay004,
+        L::DoubleMak => pb::Field62Layout::DoubleMak,
+        L::Block16 => pb::Field62Layout::Block16,
+    }
+}
+
+pub fn key_info(r: KeyRecord) -> pb::KeyInfo {
+    let kt = KeyType::parse(&r.key_type)
+        .map(key_type_to_pb)
+        .unwrap_or(pb::KeyType::Unspecified);
+    let alg = crate::keys::types::parse_algorithm(&r.algorithm)
+        .map(algorithm_to_pb)
+        .unwrap_or(pb::KeyAlgorithm::Unspecified);
+    pb::KeyInfo {
+        key_id: r.key_id,
+        alias: r.alias,
+        key_type: kt as i32,
+        algorithm: alg as i32,
+        kcv: r.kcv,
+        state: r.state,
+        version: r.version,
+        exportable: r.exportable,
+        key_block: r.key_block,
+        created_unix: r.created_unix,
+    }
+}
+
+pub fn terminal_info(t: TerminalRecord) -> pb::TerminalInfo {
+    pb::TerminalInfo {
+        terminal_id: t.terminal_id,
+        merchant_id: t.merchant_id,
+        tmk_key_id: t.tmk_key_id,
+        tmk_kcv: t.tmk_kcv,
+        key_version: t.key_version,
+        last_sign_in_unix: t.last_sign_in_unix,
+        created_unix: t.created_unix,
+    }
+}
+
+pub fn audit_event(r: AuditRecord) -> pb::AuditEvent {
+    pb::AuditEvent {
+        seq: r.seq,
+        time_unix: r.time_unix,
+        actor: r.actor,
+        operation: r.operation,
+        key_id: r.key_id,
+        outcome: r.outcome,
+        prev_hash: r.prev_hash.to_vec(),
+        hash: r.hash.to_vec(),
+        detail: r.detail,
+    }
+}
+
+pub fn working_key(w: hsm::WorkingKeyOut) -> pb::WorkingKey {
+    pb::WorkingKey {
+        under_tmk: w.under_tmk,
+        check_value: w.check_value,
+        key_block: w.key_block,
+        key_id: w.key_id,
+        kcv: w.kcv,
+    }
+}

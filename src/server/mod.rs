@@ -1,0 +1,236 @@
+//! The gRPC edge: `Crypto` and `KeyAdmin` over mutual TLS (rustls, ring), plus
+//! `grpc.health.v1` and server reflection. Callers are identified by their
+//! client certificate's subject CN and mapped to a role by the config. This
+//! module never touches key bytes; `HsmError` becomes a `Status` in [`status`]
+//! and nowhere else.
+
+pub mod convert;
+mod services;
+
+use crate::hsm::{Category, Hsm, HsmError};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub use services::{CryptoService, KeyAdminService};
+
+/// Domain of the `google.rpc.ErrorInfo` attached to every error.
+pub const ERROR_DOMAIN: &str = "poshsm";
+
+/// What a client may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Data plane: sign-in, PIN translation, MACs.
+    Posp,
+    /// Control plane and data plane.
+    Admin,
+    /// Read-only control plane: keys, terminals, audit, status.
+    Auditor,
+}
+
+/// Certificate identity (subject CN) → role. Anything not listed is denied.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct AccessConfig(pub HashMap<String, Role>);
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig(HashMap::from([
+            ("admin".to_string(), Role::Admin),
+            ("posp".to_string(), Role::Posp),
+            ("auditor".to_string(), Role::Auditor),
+        ]))
+    }
+}
+
+/// The one place an `HsmError` becomes a gRPC status: code by category,
+/// `ErrorInfo{reason, domain}` attached, the message as is (it never holds keys).
+pub fn status(e: HsmError) -> Status {
+    let code = match e.category() {
+        Category::InvalidArgument => Code::InvalidArgument,
+        Category::NotFound => Code::NotFound,
+        Category::AlreadyExists => Code::AlreadyExists,
+        Category::FailedPrecondition => Code::FailedPrecondition,
+        Category::PermissionDenied => Code::PermissionDenied,
+        Category::ResourceExhausted => Code::ResourceExhausted,
+        Category::Aborted => Code::Aborted,
+        Category::Unavailable => Code::Unavailable,
+        Category::Internal => Code::Internal,
+    };
+    Status::with_error_details(
+        code,
+        e.message.clone(),
+        ErrorDetails::with_error_info(e.code(), ERROR_DOMAIN, HashMap::<String, String>::new()),
+    )
+}
+
+/// Who is calling: certificate CN and role.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: String,
+    pub role: Role,
+}
+
+/// Resolves the caller of a request from its client certificate.
+pub struct Authz {
+    access: AccessConfig,
+    /// DER → CN, so a certificate is parsed once per process, not per call.
+    seen: Mutex<HashMap<Vec<u8>, String>>,
+}
+
+impl Authz {
+    pub fn new(access: AccessConfig) -> Authz {
+        Authz {
+            access,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn identity<T>(&self, req: &tonic::Request<T>) -> Result<String, Status> {
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("no client certificate: poshsm accepts mutual TLS only")
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+        let der: &[u8] = leaf.as_ref();
+        if let Some(cn) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
+            return Ok(cn.clone());
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| Status::unauthenticated("client certificate does not parse"))?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        seen.insert(der.to_vec(), cn.clone());
+        Ok(cn)
+    }
+
+    /// The caller if their role is among `allowed`, else PERMISSION_DENIED.
+    pub fn check<T>(
+        &self,
+        req: &tonic::Request<T>,
+        allowed: &[Role],
+        what: &str,
+    ) -> Result<Caller, Status> {
+        let identity = self.identity(req)?;
+        match self.access.0.get(&identity) {
+            Some(role) if allowed.contains(role) => Ok(Caller {
+                identity,
+                role: *role,
+            }),
+            Some(role) => Err(deny(format!(
+                "client {identity:?} has role {role:?}, which may not {what}"
+            ))),
+            None => Err(deny(format!(
+                "client {identity:?} has no role in this module's access config"
+            ))),
+        }
+    }
+}
+
+fn deny(msg: String) -> Status {
+    status(HsmError::new(crate::hsm::Reason::PermissionDenied, msg))
+}
+
+/// PEM material for the server side of mutual TLS.
+pub struct TlsMaterial {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Installs rustls' ring provider as the process default (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` resolves; in-flight calls
+/// finish, then the store is flushed. Both the binary and `MockHsm` call this.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    hsm: Arc<Hsm>,
+    tls: TlsMaterial,
+    access: AccessConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    install_crypto_provider();
+    let tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+    let authz = Arc::new(Authz::new(access));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<crate::proto::crypto_server::CryptoServer<CryptoService>>()
+        .await;
+    {
+        // Health follows the alarm: NOT_SERVING as soon as the module is in ALARM.
+        let watched = hsm.clone();
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            let mut last_ok = true;
+            loop {
+                let ok = watched.alarm().is_none();
+                if ok != last_ok || !ok {
+                    let st = if ok {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    reporter.set_service_status("", st).await;
+                    reporter.set_service_status("poshsm.v1.Crypto", st).await;
+                    last_ok = ok;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        if hsm.alarm().is_some() {
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let crypto = crate::proto::crypto_server::CryptoServer::new(CryptoService::new(
+        hsm.clone(),
+        authz.clone(),
+    ))
+    .max_decoding_message_size(16 * 1024 * 1024);
+    let admin = crate::proto::key_admin_server::KeyAdminServer::new(KeyAdminService::new(
+        hsm.clone(),
+        authz,
+    ));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .tls_config(tls_config)?
+        .max_concurrent_streams(1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .initial_stream_window_size(1024 * 1024)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(crypto)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    hsm.flush()
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+    Ok(())
+}

@@ -1,0 +1,547 @@
+//! The tonic service implementations: authorise, convert, call the core.
+//! Calls that write (and flush) run on the blocking pool; the pure crypto
+//! calls run inline — they take microseconds.
+
+use super::convert as cv;
+use super::{status, Authz, Role};
+use crate::crypto::pinblock::PinBlockFormat;
+use crate::hsm::{self, Hsm, HsmError};
+use crate::proto as pb;
+use crate::store::audit::AuditDraft;
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+const DATA_PLANE: &[Role] = &[Role::Posp, Role::Admin];
+const CONTROL: &[Role] = &[Role::Admin];
+const READ_ONLY: &[Role] = &[Role::Admin, Role::Auditor];
+/// Largest batch accepted by the batch RPCs.
+pub const MAX_BATCH: usize = 10_000;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HsmError> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(status),
+        Err(_) => Err(Status::internal("operation task failed")),
+    }
+}
+
+pub struct CryptoService {
+    hsm: Arc<Hsm>,
+    authz: Arc<Authz>,
+}
+
+impl CryptoService {
+    pub fn new(hsm: Arc<Hsm>, authz: Arc<Authz>) -> Self {
+        CryptoService { hsm, authz }
+    }
+}
+
+fn translate_req(r: pb::TranslatePinRequest) -> Result<hsm::TranslatePin, HsmError> {
+    let source = match r.source {
+        Some(pb::translate_pin_request::Source::TerminalId(t)) => hsm::PinKeySource::Terminal(t),
+        Some(pb::translate_pin_request::Source::SourceKey(k)) => {
+            hsm::PinKeySource::Key(cv::key_ref(Some(&k), "source_key")?)
+        }
+        None => {
+            return Err(hsm::err(
+                hsm::Reason::InvalidArgument,
+                "give terminal_id or source_key",
+            ))
+        }
+    };
+    let source_format = cv::pin_format(r.source_format, PinBlockFormat::Iso0)?;
+    Ok(hsm::TranslatePin {
+        source,
+        dest: cv::key_ref(r.dest_key.as_ref(), "dest_key")?,
+        pin_block: r.pin_block,
+        pan: r.pan,
+        source_format,
+        dest_format: cv::pin_format(r.dest_format, source_format)?,
+    })
+}
+
+fn mac_source(
+    terminal: Option<String>,
+    key: Option<pb::KeyRef>,
+) -> Result<hsm::MacKeySource, HsmError> {
+    match (terminal, key) {
+        (Some(t), _) => Ok(hsm::MacKeySource::Terminal(t)),
+        (None, Some(k)) => Ok(hsm::MacKeySource::Key(cv::key_ref(Some(&k), "key")?)),
+        (None, None) => Err(hsm::err(
+            hsm::Reason::InvalidArgument,
+            "give terminal_id or key",
+        )),
+    }
+}
+
+fn verify_one(hsm: &Hsm, r: pb::VerifyMacRequest) -> Result<bool, HsmError> {
+    let (t, k) = match r.key_source {
+        Some(pb::verify_mac_request::KeySource::TerminalId(t)) => (Some(t), None),
+        Some(pb::verify_mac_request::KeySource::Key(k)) => (None, Some(k)),
+        None => (None, None),
+    };
+    let req = hsm::MacRequest {
+        source: mac_source(t, k)?,
+        algorithm: cv::mac_algorithm(r.algorithm)?,
+        message: &r.message,
+        mac_length: 0,
+    };
+    hsm.verify_mac(&req, &r.mac)
+}
+
+fn batch_error(e: HsmError) -> pb::BatchError {
+    let s = status(e.clone());
+    pb::BatchError {
+        code: s.code() as u32,
+        reason: e.code().to_string(),
+        message: e.message,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::crypto_server::Crypto for CryptoService {
+    async fn sign_in(
+        &self,
+        req: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
+        let caller = self.authz.check(&req, DATA_PLANE, "sign terminals in")?;
+        let r = req.into_inner();
+        let source = match &r.tmk {
+            Some(k) if k.r#ref.is_some() => hsm::SignInSource::Tmk {
+                tmk: cv::key_ref(Some(k), "tmk").map_err(status)?,
+                terminal_id: r.terminal_id.clone(),
+            },
+            _ => hsm::SignInSource::Terminal(r.terminal_id.clone()),
+        };
+        let sreq = hsm::SignIn {
+            source,
+            algorithm: cv::algorithm(r.algorithm).map_err(status)?,
+            include_tdk: r.include_tdk,
+            layout: cv::layout(r.layout).map_err(status)?,
+            check_value_length: r.check_value_length as usize,
+        };
+        let hsm = self.hsm.clone();
+        let out = blocking(move || hsm.sign_in(&caller.identity, sreq)).await?;
+        Ok(Response::new(pb::SignInResponse {
+            pik: Some(cv::working_key(out.pik)),
+            mak: Some(cv::working_key(out.mak)),
+            tdk: out.tdk.map(cv::working_key),
+            field62: out.field62,
+            key_version: out.key_version,
+            layout: cv::layout_to_pb(out.layout) as i32,
+        }))
+    }
+
+    async fn translate_pin(
+        &self,
+        req: Request<pb::TranslatePinRequest>,
+    ) -> Result<Response<pb::TranslatePinResponse>, Status> {
+        self.authz.check(&req, DATA_PLANE, "translate PINs")?;
+        let t = translate_req(req.into_inner()).map_err(status)?;
+        let out = self.hsm.translate_pin(&t).map_err(status)?;
+        Ok(Response::new(pb::TranslatePinResponse {
+            pin_block: out.pin_block,
+            dest_kcv: out.dest_kcv,
+        }))
+    }
+
+    async fn generate_mac(
+        &self,
+        req: Request<pb::GenerateMacRequest>,
+    ) -> Result<Response<pb::GenerateMacResponse>, Status> {
+        self.authz.check(&req, DATA_PLANE, "generate MACs")?;
+        let r = req.into_inner();
+        let (t, k) = match r.key_source {
+            Some(pb::generate_mac_request::KeySource::TerminalId(t)) => (Some(t), None),
+            Some(pb::generate_mac_request::KeySource::Key(k)) => (None, Some(k)),
+            None => (None, None),
+        };
+        let mreq = hsm::MacRequest {
+            source: mac_source(t, k).map_err(status)?,
+            algorithm: cv::mac_algorithm(r.algorithm).map_err(status)?,
+            message: &r.message,
+            mac_length: r.mac_length as usize,
+        };
+        let mac = self.hsm.generate_mac(&mreq).map_err(status)?;
+        Ok(Response::new(pb::GenerateMacResponse { mac }))
+    }
+
+    async fn verify_mac(
+        &self,
+        req: Request<pb::VerifyMacRequest>,
+    ) -> Result<Response<pb::VerifyMacResponse>, Status> {
+        self.authz.check(&req, DATA_PLANE, "verify MACs")?;
+        let valid = verify_one(&self.hsm, req.into_inner()).map_err(status)?;
+        Ok(Response::new(pb::VerifyMacResponse { valid }))
+    }
+
+    async fn translate_pin_batch(
+        &self,
+        req: Request<pb::TranslatePinBatchRequest>,
+    ) -> Result<Response<pb::TranslatePinBatchResponse>, Status> {
+        self.authz.check(&req, DATA_PLANE, "translate PINs")?;
+        let items = req.into_inner().items;
+        if items.len() > MAX_BATCH {
+            return Err(status(hsm::err(
+                hsm::Reason::InvalidArgument,
+                format!(
+                    "a batch holds at most {MAX_BATCH} items, got {}",
+                    items.len()
+                ),
+            )));
+        }
+        let results = items
+            .into_iter()
+            .map(|item| {
+                let r = translate_req(item).and_then(|t| self.hsm.translate_pin(&t));
+                pb::TranslatePinResult {
+                    result: Some(match r {
+                        Ok(o) => pb::translate_pin_result::Result::Ok(pb::TranslatePinResponse {
+                            pin_block: o.pin_block,
+                            dest_kcv: o.dest_kcv,
+                        }),
+                        Err(e) => pb::translate_pin_result::Result::Error(batch_error(e)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::TranslatePinBatchResponse { results }))
+    }
+
+    async fn verify_mac_batch(
+        &self,
+        req: Request<pb::VerifyMacBatchRequest>,
+    ) -> Result<Response<pb::VerifyMacBatchResponse>, Status> {
+        self.authz.check(&req, DATA_PLANE, "verify MACs")?;
+        let items = req.into_inner().items;
+        if items.len() > MAX_BATCH {
+            return Err(status(hsm::err(
+                hsm::Reason::InvalidArgument,
+                format!(
+                    "a batch holds at most {MAX_BATCH} items, got {}",
+                    items.len()
+                ),
+            )));
+        }
+        let results = items
+            .into_iter()
+            .map(|item| pb::VerifyMacResult {
+                result: Some(match verify_one(&self.hsm, item) {
+                    Ok(valid) => pb::verify_mac_result::Result::Ok(pb::VerifyMacResponse { valid }),
+                    Err(e) => pb::verify_mac_result::Result::Error(batch_error(e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::VerifyMacBatchResponse { results }))
+    }
+}
+
+pub struct KeyAdminService {
+    hsm: Arc<Hsm>,
+    authz: Arc<Authz>,
+}
+
+impl KeyAdminService {
+    pub fn new(hsm: Arc<Hsm>, authz: Arc<Authz>) -> Self {
+        KeyAdminService { hsm, authz }
+    }
+
+    /// Control-plane authorisation; a denial is itself audited.
+    fn admin<T>(&self, req: &Request<T>, allowed: &[Role], op: &str) -> Result<String, Status> {
+        match self.authz.check(req, allowed, op) {
+            Ok(c) => Ok(c.identity),
+            Err(s) => {
+                let actor = self.authz.identity(req).unwrap_or_default();
+                let _ = self.hsm.audit(vec![AuditDraft {
+                    actor,
+                    operation: op.to_string(),
+                    outcome: "PERMISSION_DENIED".into(),
+                    ..Default::default()
+                }]);
+                Err(s)
+            }
+        }
+    }
+}
+
+type AuditStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::key_admin_server::KeyAdmin for KeyAdminService {
+    async fn generate_key(
+        &self,
+        req: Request<pb::GenerateKeyRequest>,
+    ) -> Result<Response<pb::KeyInfo>, Status> {
+        let actor = self.admin(&req, CONTROL, "GenerateKey")?;
+        let r = req.into_inner();
+        let g = hsm::GenerateKey {
+            key_type: cv::key_type(r.key_type).map_err(status)?,
+            algorithm: cv::algorithm(r.algorithm)
+                .map_err(status)?
+                .unwrap_or(crate::crypto::Algorithm::Tdes2),
+            alias: r.alias,
+            exportable: r.exportable,
+        };
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::key_info(
+            blocking(move || hsm.generate_key(&actor, g)).await?,
+        )))
+    }
+
+    async fn import_key_components(
+        &self,
+        req: Request<pb::ImportKeyComponentsRequest>,
+    ) -> Result<Response<pb::KeyInfo>, Status> {
+        let actor = self.admin(&req, CONTROL, "ImportKeyComponents")?;
+        let r = req.into_inner();
+        let c = hsm::ImportComponents {
+            key_type: cv::key_type(r.key_type).map_err(status)?,
+            algorithm: cv::algorithm(r.algorithm)
+                .map_err(status)?
+                .unwrap_or(crate::crypto::Algorithm::Tdes2),
+            components: r.components.into_iter().map(Zeroizing::new).collect(),
+            component_kcvs: r.component_kcvs,
+            alias: r.alias,
+            exportable: r.exportable,
+        };
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::key_info(
+            blocking(move || hsm.import_key_components(&actor, c)).await?,
+        )))
+    }
+
+    async fn import_key(
+        &self,
+        req: Request<pb::ImportKeyRequest>,
+    ) -> Result<Response<pb::KeyInfo>, Status> {
+        let actor = self.admin(&req, CONTROL, "ImportKey")?;
+        let r = req.into_inner();
+        let wrapped = match r.wrapped {
+            Some(pb::import_key_request::Wrapped::Tr31KeyBlock(b)) => hsm::Wrapped::Tr31(b),
+            Some(pb::import_key_request::Wrapped::X917Ecb(b)) => hsm::Wrapped::X917Ecb(b),
+            None => {
+                return Err(status(hsm::err(
+                    hsm::Reason::InvalidArgument,
+                    "give tr31_key_block or x917_ecb",
+                )))
+            }
+        };
+        let i = hsm::ImportKey {
+            key_type: cv::key_type(r.key_type).map_err(status)?,
+            algorithm: cv::algorithm(r.algorithm).map_err(status)?,
+            wrapping_key: cv::key_ref(r.wrapping_key.as_ref(), "wrapping_key").map_err(status)?,
+            wrapped,
+            expected_kcv: r.expected_kcv,
+            alias: r.alias,
+            exportable: r.exportable,
+        };
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::key_info(
+            blocking(move || hsm.import_key(&actor, i)).await?,
+        )))
+    }
+
+    async fn export_key(
+        &self,
+        req: Request<pb::ExportKeyRequest>,
+    ) -> Result<Response<pb::ExportKeyResponse>, Status> {
+        let actor = self.admin(&req, CONTROL, "ExportKey")?;
+        let r = req.into_inner();
+        let format = match r.format.to_ascii_uppercase().as_str() {
+            "" | "TR31" | "TR-31" => hsm::ExportFormat::Tr31,
+            "X917_ECB" => hsm::ExportFormat::X917Ecb,
+            other => {
+                return Err(status(hsm::err(
+                    hsm::Reason::InvalidArgument,
+                    format!("format {other:?} is not TR31 or X917_ECB"),
+                )))
+            }
+        };
+        let e = hsm::ExportKey {
+            key: cv::key_ref(r.key.as_ref(), "key").map_err(status)?,
+            wrapping_key: cv::key_ref(r.wrapping_key.as_ref(), "wrapping_key").map_err(status)?,
+            format,
+        };
+        let hsm = self.hsm.clone();
+        let out = blocking(move || hsm.export_key(&actor, e)).await?;
+        Ok(Response::new(pb::ExportKeyResponse {
+            tr31_key_block: out.tr31_key_block,
+            x917_ecb: out.x917_ecb,
+            kcv: out.kcv,
+        }))
+    }
+
+    async fn create_terminal(
+        &self,
+        req: Request<pb::CreateTerminalRequest>,
+    ) -> Result<Response<pb::TerminalInfo>, Status> {
+        let actor = self.admin(&req, CONTROL, "CreateTerminal")?;
+        let r = req.into_inner();
+        let tmk = match &r.tmk {
+            Some(k) if k.r#ref.is_some() => Some(cv::key_ref(Some(k), "tmk").map_err(status)?),
+            _ => None,
+        };
+        let c = hsm::CreateTerminal {
+            terminal_id: r.terminal_id,
+            merchant_id: r.merchant_id,
+            tmk,
+            tmk_algorithm: cv::algorithm(r.tmk_algorithm).map_err(status)?,
+        };
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::terminal_info(
+            blocking(move || hsm.create_terminal(&actor, c)).await?,
+        )))
+    }
+
+    async fn get_key(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::KeyInfo>, Status> {
+        self.admin(&req, READ_ONLY, "GetKey")?;
+        let r = cv::key_ref(Some(req.get_ref()), "key").map_err(status)?;
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::key_info(
+            blocking(move || hsm.get_key(&r)).await?,
+        )))
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.admin(&req, READ_ONLY, "ListKeys")?;
+        let r = req.into_inner();
+        let kt = if r.key_type == 0 {
+            None
+        } else {
+            Some(cv::key_type(r.key_type).map_err(status)?)
+        };
+        let hsm = self.hsm.clone();
+        let (keys, next) =
+            blocking(move || hsm.list_keys(kt, r.page_size as usize, &r.page_token)).await?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.into_iter().map(cv::key_info).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn retire_key(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::KeyInfo>, Status> {
+        let actor = self.admin(&req, CONTROL, "RetireKey")?;
+        let r = cv::key_ref(Some(req.get_ref()), "key").map_err(status)?;
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::key_info(
+            blocking(move || hsm.retire_key(&actor, &r)).await?,
+        )))
+    }
+
+    async fn rotate_key(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::KeyInfo>, Status> {
+        let actor = self.admin(&req, CONTROL, "RotateKey")?;
+        let r = cv::key_ref(Some(req.get_ref()), "key").map_err(status)?;
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::key_info(
+            blocking(move || hsm.rotate_key(&actor, &r)).await?,
+        )))
+    }
+
+    async fn get_terminal(
+        &self,
+        req: Request<pb::GetTerminalRequest>,
+    ) -> Result<Response<pb::TerminalInfo>, Status> {
+        self.admin(&req, READ_ONLY, "GetTerminal")?;
+        let tid = req.into_inner().terminal_id;
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::terminal_info(
+            blocking(move || hsm.get_terminal(&tid)).await?,
+        )))
+    }
+
+    async fn list_terminals(
+        &self,
+        req: Request<pb::ListTerminalsRequest>,
+    ) -> Result<Response<pb::ListTerminalsResponse>, Status> {
+        self.admin(&req, READ_ONLY, "ListTerminals")?;
+        let r = req.into_inner();
+        let hsm = self.hsm.clone();
+        let (list, next) =
+            blocking(move || hsm.list_terminals(r.page_size as usize, &r.page_token)).await?;
+        Ok(Response::new(pb::ListTerminalsResponse {
+            terminals: list.into_iter().map(cv::terminal_info).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    type GetAuditLogStream = AuditStream;
+
+    async fn get_audit_log(
+        &self,
+        req: Request<pb::GetAuditLogRequest>,
+    ) -> Result<Response<AuditStream>, Status> {
+        self.admin(&req, READ_ONLY, "GetAuditLog")?;
+        let since = req.into_inner().since_seq;
+        let hsm = self.hsm.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::task::spawn_blocking(move || {
+            let mut next = since.max(1);
+            loop {
+                let page = match hsm.audit_log(next, 512) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(status(e)));
+                        return;
+                    }
+                };
+                let Some(last) = page.last().map(|r| r.seq) else {
+                    return;
+                };
+                for rec in page {
+                    if tx.blocking_send(Ok(cv::audit_event(rec))).is_err() {
+                        return;
+                    }
+                }
+                next = last + 1;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn verify_audit_log(
+        &self,
+        req: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        self.admin(&req, READ_ONLY, "VerifyAuditLog")?;
+        let hsm = self.hsm.clone();
+        let r = tokio::task::spawn_blocking(move || hsm.verify_audit_log())
+            .await
+            .map_err(|_| Status::internal("task failed"))?;
+        Ok(Response::new(match r {
+            Ok(n) => pb::VerifyAuditLogResponse {
+                valid: true,
+                events: n,
+                problem: String::new(),
+            },
+            Err(e) => pb::VerifyAuditLogResponse {
+                valid: false,
+                events: 0,
+                problem: e.message,
+            },
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.admin(&req, READ_ONLY, "GetStatus")?;
+        let s = self.hsm.status();
+        Ok(Response::new(pb::StatusResponse {
+            state: s.state.to_string(),
+            reason: s.reason,
+            lmk_kcv: s.lmk_kcv,
+            version: s.version.to_string(),
+            keys: s.keys,
+            terminals: s.terminals,
+        }))
+    }
+}
