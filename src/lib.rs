@@ -35,6 +35,8 @@ pub mod keys;
 pub mod server;
 pub mod store;
 pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub mod proto {
     //! Generated gRPC types and services (package `poshsm.v1`).
