@@ -15,10 +15,27 @@ const LMK: [u8; 32] = [0x5A; 32];
 const OTHER_LMK: [u8; 32] = [0xA5; 32];
 const MSG: &[u8] = b"0200 purchase 6222020200112233445 000000012345 T0000001";
 
+/// sled releases its file lock when its background threads let go of the dropped
+/// database, which can lag the drop by a few milliseconds inside one process (a
+/// restarted daemon is a new process and never sees this): retry on that error only.
+fn retry_locked<T, E: std::fmt::Debug>(f: impl Fn() -> Result<T, E>) -> T {
+    let mut attempts = 0;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if format!("{e:?}").contains("could not acquire lock") && attempts < 500 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open the store: {e:?}"),
+        }
+    }
+}
+
 fn open_with(dir: &Path, lmk: &[u8; 32]) -> Hsm {
     Hsm::new(
         Lmk::from_bytes(lmk),
-        Store::open(dir).unwrap(),
+        retry_locked(|| Store::open(dir)),
         HsmConfig::default(),
     )
 }
@@ -133,8 +150,13 @@ fn populate(hsm: &Hsm) -> KeyInfo {
 }
 
 /// Overwrites one record of `tree` with sled directly, after the module is gone.
-fn tamper(dir: &Path, tree: &str, key: &[u8], edit: impl FnOnce(Option<Vec<u8>>) -> Option<Vec<u8>>) {
-    let db = sled::open(dir).unwrap();
+fn tamper(
+    dir: &Path,
+    tree: &str,
+    key: &[u8],
+    edit: impl FnOnce(Option<Vec<u8>>) -> Option<Vec<u8>>,
+) {
+    let db = retry_locked(|| sled::open(dir));
     let t = db.open_tree(tree).unwrap();
     let old = t.get(key).unwrap().map(|v| v.to_vec());
     match edit(old) {
@@ -160,7 +182,11 @@ fn assert_alarm(hsm: &Hsm, names: &[&str]) {
     let st = hsm.status();
     assert_eq!(st.state, "ALARM", "{st:?}");
     for n in names {
-        assert!(st.reason.contains(n), "alarm reason does not name {n:?}: {}", st.reason);
+        assert!(
+            st.reason.contains(n),
+            "alarm reason does not name {n:?}: {}",
+            st.reason
+        );
     }
     let refusals = [
         mac(hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).map(|_| ()),
@@ -181,7 +207,11 @@ fn assert_alarm(hsm: &Hsm, names: &[&str]) {
         let e = r.expect_err("crypto must be refused in ALARM");
         assert_eq!(e.reason, Reason::ModuleAlarm, "{e:?}");
         assert_eq!(e.code(), "MODULE_ALARM");
-        assert!(e.message.contains(&st.reason), "the refusal says why: {}", e.message);
+        assert!(
+            e.message.contains(&st.reason),
+            "the refusal says why: {}",
+            e.message
+        );
     }
 }
 
@@ -207,7 +237,10 @@ fn keys_aliases_terminals_and_the_audit_chain_survive_a_reopen() {
 
     let hsm = open(dir.path());
     let st = hsm.status();
-    assert_eq!((st.keys, st.terminals), (status_before.keys, status_before.terminals));
+    assert_eq!(
+        (st.keys, st.terminals),
+        (status_before.keys, status_before.terminals)
+    );
     assert_eq!(st.lmk_kcv, status_before.lmk_kcv);
     assert_eq!(hsm.list_keys(None, 1000, "").unwrap().0, keys_before);
     for alias in ["zmk-cups", "zak-cups", "zpk-cups"] {
@@ -220,12 +253,26 @@ fn keys_aliases_terminals_and_the_audit_chain_survive_a_reopen() {
     assert_eq!(hsm.verify_audit_log().unwrap(), chain_before);
 
     // The stored working keys still work, and compute the same MACs as before.
-    assert_eq!(mac(&hsm, terminal("T0000001"), MacAlgorithm::UnionpayEcb).unwrap(), term_mac);
-    assert_eq!(mac(&hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).unwrap(), zak_mac);
+    assert_eq!(
+        mac(&hsm, terminal("T0000001"), MacAlgorithm::UnionpayEcb).unwrap(),
+        term_mac
+    );
+    assert_eq!(
+        mac(&hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).unwrap(),
+        zak_mac
+    );
     let by_block = MacKeySource::Key(KeyRef::Block(zak_info.key_block.clone()));
-    assert_eq!(mac(&hsm, by_block, MacAlgorithm::Iso9797Alg3).unwrap(), zak_mac);
+    assert_eq!(
+        mac(&hsm, by_block, MacAlgorithm::Iso9797Alg3).unwrap(),
+        zak_mac
+    );
     // Yesterday's MAK is still in its grace window after the restart.
-    assert!(verify(&hsm, terminal("T0000001"), MacAlgorithm::Iso9797Alg1, &day1_mac));
+    assert!(verify(
+        &hsm,
+        terminal("T0000001"),
+        MacAlgorithm::Iso9797Alg1,
+        &day1_mac
+    ));
 
     // The day goes on: the next sign-in and the audit chain continue from the store.
     let day3 = sign_in(&hsm, "T0000001").unwrap();
@@ -351,20 +398,109 @@ fn a_reopen_with_a_different_lmk_puts_the_module_in_alarm_and_damages_nothing() 
         let hsm = open(dir.path());
         populate(&hsm);
         let keys = hsm.list_keys(None, 1000, "").unwrap().0;
-        (keys, mac(&hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).unwrap())
+        (
+            keys,
+            mac(&hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).unwrap(),
+        )
     };
     {
         let hsm = open_with(dir.path(), &OTHER_LMK);
         let st = hsm.status();
-        assert_ne!(st.lmk_kcv, Hsm::new(Lmk::from_bytes(&LMK), Store::temporary().unwrap(), HsmConfig::default()).status().lmk_kcv);
+        assert_ne!(
+            st.lmk_kcv,
+            Hsm::new(
+                Lmk::from_bytes(&LMK),
+                Store::temporary().unwrap(),
+                HsmConfig::default()
+            )
+            .status()
+            .lmk_kcv
+        );
         // Every stored key names the LMK it was wrapped under; the first one checked
         // is named in the alarm.
-        assert!(keys.iter().any(|k| st.reason.contains(&k.key_id)), "{}", st.reason);
+        assert!(
+            keys.iter().any(|k| st.reason.contains(&k.key_id)),
+            "{}",
+            st.reason
+        );
         assert_alarm(&hsm, &["another LMK"]);
     }
     // Back with the right LMK: nothing was damaged by the failed start.
     let hsm = open(dir.path());
     assert_eq!(hsm.list_keys(None, 1000, "").unwrap().0, keys);
-    assert_eq!(mac(&hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).unwrap(), zak_mac);
+    assert_eq!(
+        mac(&hsm, zak("zak-cups"), MacAlgorithm::Iso9797Alg3).unwrap(),
+        zak_mac
+    );
     hsm.verify_audit_log().unwrap();
+}
+
+#[test]
+fn a_terminal_record_with_swapped_working_keys_cannot_turn_the_pik_into_a_mac_key() {
+    // The terminal record is a side table: if its PIK and MAK ids are swapped on disk,
+    // the key blocks' own usage must still decide, or GenerateMac(terminal) becomes an
+    // encryption oracle under the PIN key (ISO 9797 alg 1 of one block = E_PIK(block)).
+    let dir = tempfile::tempdir().unwrap();
+    let signed = {
+        let hsm = open(dir.path());
+        populate(&hsm);
+        sign_in(&hsm, "T0000001").unwrap()
+    };
+    tamper(dir.path(), "terminals", b"T0000001", |old| {
+        let mut v: serde_json::Value = serde_json::from_slice(&old.unwrap()).unwrap();
+        let cur = &mut v["current"];
+        assert_eq!(cur["pik"], signed.pik.key_id.as_str());
+        assert_eq!(cur["mak"], signed.mak.key_id.as_str());
+        cur["pik"] = signed.mak.key_id.clone().into();
+        cur["mak"] = signed.pik.key_id.clone().into();
+        Some(serde_json::to_vec(&v).unwrap())
+    });
+    let hsm = open_with(dir.path(), &LMK);
+    let e = mac(&hsm, terminal("T0000001"), MacAlgorithm::Iso9797Alg1)
+        .expect_err("a PIK must never compute a MAC");
+    assert!(
+        matches!(e.reason, Reason::KeyUsageMismatch | Reason::ModuleAlarm),
+        "{e:?}"
+    );
+    let e = hsm
+        .translate_pin(&TranslatePin {
+            source: PinKeySource::Terminal("T0000001".into()),
+            dest: KeyRef::Alias("zpk-cups".into()),
+            pin_block: vec![0u8; 8],
+            pan: "6222020200112233445".into(),
+            source_format: poshsm::crypto::pinblock::PinBlockFormat::Iso0,
+            dest_format: poshsm::crypto::pinblock::PinBlockFormat::Iso0,
+        })
+        .expect_err("a MAK must never decrypt a PIN block");
+    assert!(
+        matches!(e.reason, Reason::KeyUsageMismatch | Reason::ModuleAlarm),
+        "{e:?}"
+    );
+    assert_alarm(&hsm, &["T0000001"]);
+}
+
+#[test]
+fn a_corrupt_last_audit_event_still_opens_the_module_in_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let hsm = open(dir.path());
+        populate(&hsm);
+        hsm.audit_log(0, 10_000).unwrap().last().unwrap().seq
+    };
+    tamper(dir.path(), "audit", &last.to_be_bytes(), |old| {
+        assert!(old.is_some());
+        Some(b"{not json".to_vec())
+    });
+    let hsm = open_with(dir.path(), &LMK);
+    assert_alarm(&hsm, &["audit"]);
+    assert!(hsm.verify_audit_log().is_err());
+    // Nothing more is appended to a chain whose head is unreadable.
+    let appended = hsm.audit(vec![poshsm::store::audit::AuditDraft {
+        operation: "probe".into(),
+        ..Default::default()
+    }]);
+    assert!(
+        appended.is_err(),
+        "an append after a corrupt head must fail"
+    );
 }

@@ -27,6 +27,15 @@ const REF_HELP: &str = "A key reference (REF) is an alias, a key id (`k` + 16 he
 LMK key block as the daemon returns it (a TR-31 block such as `D0144P0TE00E0000…`). \
 Prefix with `id:`, `alias:` or `block:` to say which explicitly (e.g. an alias that looks like an id).";
 
+const ADMIN_HELP: &str = "Connection: --addr and the client certificate from --data-dir DIR \
+(DIR/certs/ca.pem, DIR/certs/admin.pem, DIR/certs/admin.key), or --ca/--cert/--key given \
+BEFORE the subcommand (they override the data dir). --addr, --data-dir and --json may be \
+given anywhere. Errors print `error: MESSAGE [REASON_CODE]` and exit 1.
+
+A key reference (REF) is an alias, a key id (`k` + 16 hex digits) or an LMK key block as \
+the daemon returns it (a TR-31 block such as `D0144P0TE00E0000…`). Prefix with `id:`, \
+`alias:` or `block:` to say which explicitly (e.g. an alias that looks like an id).";
+
 /// Administer a running daemon over mutual TLS.
 ///
 /// Connection: `--addr` (default 127.0.0.1:50051) and the client certificate from
@@ -34,7 +43,7 @@ Prefix with `id:`, `alias:` or `block:` to say which explicitly (e.g. an alias t
 /// `--ca/--cert/--key` given before the subcommand (they override the data dir).
 /// `--addr`, `--data-dir` and `--json` may be given anywhere.
 #[derive(Args, Debug)]
-#[command(after_help = REF_HELP)]
+#[command(after_help = ADMIN_HELP)]
 pub struct AdminArgs {
     /// Address of the daemon (host:port).
     #[arg(
@@ -109,6 +118,7 @@ pub enum KeyCommand {
         /// tdes-2key, tdes-3key, aes-128, aes-192, aes-256, sm4 (default: the daemon's, TDES 2-key).
         #[arg(long, value_parser = parse_alg)]
         algorithm: Option<Algorithm>,
+        /// A unique name to refer to the key by.
         #[arg(long)]
         alias: Option<String>,
         /// The key may later be exported under a KEK.
@@ -125,6 +135,7 @@ pub enum KeyCommand {
     /// up in shell history or CI logs; use it for tests and scripted labs only.
     #[command(verbatim_doc_comment)]
     ImportComponents {
+        /// TMK, ZMK, KEK, TPK (PIK), ZPK, TAK (MAK), ZAK, TDK, ZEK.
         #[arg(long = "type", value_parser = parse_key_type)]
         key_type: KeyType,
         /// Default: from the component length (16 bytes: tdes-2key, 24: tdes-3key, 32: aes-256).
@@ -133,8 +144,10 @@ pub enum KeyCommand {
         /// Number of components (default 2; with POSHSM_COMPONENTS, the number of lines).
         #[arg(long)]
         components: Option<usize>,
+        /// A unique name to refer to the key by.
         #[arg(long)]
         alias: Option<String>,
+        /// The key may later be exported under a KEK.
         #[arg(long)]
         exportable: bool,
         /// Expected KCV of each component, in order (repeat the flag); checked
@@ -144,6 +157,7 @@ pub enum KeyCommand {
     },
     /// Import a key wrapped under a KEK/ZMK/TMK (TR-31 block or X9.17 ECB).
     Import {
+        /// TMK, ZMK, KEK, TPK (PIK), ZPK, TAK (MAK), ZAK, TDK, ZEK.
         #[arg(long = "type", value_parser = parse_key_type)]
         key_type: KeyType,
         /// The KEK the key is wrapped under (REF).
@@ -160,8 +174,10 @@ pub enum KeyCommand {
         /// The KCV the sender gave; the import fails if it differs.
         #[arg(long)]
         kcv: Option<String>,
+        /// A unique name to refer to the key by.
         #[arg(long)]
         alias: Option<String>,
+        /// The key may later be exported under a KEK.
         #[arg(long)]
         exportable: bool,
     },
@@ -303,7 +319,11 @@ pub enum MacCommand {
         #[command(flatten)]
         key: MacKeyArgs,
         /// The MAC bytes, hex (its length is the truncation checked).
-        #[arg(long, conflicts_with = "mac_text", required_unless_present = "mac_text")]
+        #[arg(
+            long,
+            conflicts_with = "mac_text",
+            required_unless_present = "mac_text"
+        )]
         mac: Option<String>,
         /// The MAC as text, e.g. the 8 ASCII characters of a unionpay-ecb MAC.
         #[arg(long)]
@@ -314,13 +334,16 @@ pub enum MacCommand {
 // ---------------------------------------------------------------- parsing
 
 fn parse_key_type(s: &str) -> Result<KeyType, String> {
-    KeyType::parse(s)
-        .ok_or_else(|| format!("{s:?} is not a key type (TMK, ZMK, KEK, TPK/PIK, ZPK, TAK/MAK, ZAK, TDK, ZEK)"))
+    KeyType::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a key type (TMK, ZMK, KEK, TPK/PIK, ZPK, TAK/MAK, ZAK, TDK, ZEK)")
+    })
 }
 
 fn parse_alg(s: &str) -> Result<Algorithm, String> {
     parse_algorithm(s).ok_or_else(|| {
-        format!("{s:?} is not an algorithm (tdes-2key, tdes-3key, aes-128, aes-192, aes-256, sm4, des)")
+        format!(
+            "{s:?} is not an algorithm (tdes-2key, tdes-3key, aes-128, aes-192, aes-256, sm4, des)"
+        )
     })
 }
 
@@ -345,7 +368,11 @@ fn parse_pin_format(s: &str) -> Result<pb::PinBlockFormat, String> {
         "iso1" | "1" => pb::PinBlockFormat::Iso1,
         "iso3" | "3" => pb::PinBlockFormat::Iso3,
         "iso4" | "4" => pb::PinBlockFormat::Iso4,
-        _ => return Err(format!("{s:?} is not a PIN block format (iso0, iso1, iso3, iso4)")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a PIN block format (iso0, iso1, iso3, iso4)"
+            ))
+        }
     })
 }
 
@@ -460,6 +487,8 @@ fn rpc_error(s: tonic::Status, ctx: &Ctx) -> String {
             _ => None,
         },
     };
+    // The daemon's message may already say what to do.
+    let hint = hint.filter(|_| !s.message().contains("`poshsm"));
     if let Some(h) = hint {
         msg.push_str("\nhint: ");
         msg.push_str(&h);
@@ -709,7 +738,9 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
     if let Some(p) = &args.key {
         cfg.key = p.clone();
     }
-    let channel = client::connect(&cfg).await.map_err(|e| format!("error: {e}"))?;
+    let channel = client::connect(&cfg)
+        .await
+        .map_err(|e| format!("error: {e}"))?;
     let mut c = Clients {
         admin: KeyAdminClient::new(channel.clone()),
         crypto: CryptoClient::new(channel),
@@ -734,7 +765,8 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
 fn terminal_of(cmd: &AdminCommand) -> Option<String> {
     match cmd {
         AdminCommand::Terminal {
-            command: TerminalCommand::Create { terminal_id, .. } | TerminalCommand::Get { terminal_id },
+            command:
+                TerminalCommand::Create { terminal_id, .. } | TerminalCommand::Get { terminal_id },
         } => Some(terminal_id.clone()),
         AdminCommand::SignIn(a) => Some(a.terminal_id.clone()),
         AdminCommand::TranslatePin(a) => a.terminal.clone(),
@@ -842,7 +874,12 @@ async fn key_cmd(c: &mut Clients, cmd: KeyCommand, j: bool, e: ErrFn<'_>) -> Res
             });
         }
         KeyCommand::Get { key } => {
-            let k = c.admin.get_key(key_ref(&key)).await.map_err(e)?.into_inner();
+            let k = c
+                .admin
+                .get_key(key_ref(&key))
+                .await
+                .map_err(e)?
+                .into_inner();
             emit(j, &key_json(&k), || key_fields(&k));
         }
         KeyCommand::List {
@@ -1107,7 +1144,11 @@ async fn import_components(
         key_type: key_type_to_pb(key_type) as i32,
         algorithm: algorithm_to_pb(alg) as i32,
         components: comps.iter().map(|c| c.to_vec()).collect(),
-        component_kcvs: if kcvs.is_empty() { Vec::new() } else { shown.clone() },
+        component_kcvs: if kcvs.is_empty() {
+            Vec::new()
+        } else {
+            shown.clone()
+        },
         alias: alias.unwrap_or_default(),
         exportable,
     };
@@ -1360,7 +1401,10 @@ async fn audit_cmd(
             });
             emit(j, &v, || {
                 fields(&[
-                    ("daemon", verdict(server.valid, server.events, &server.problem)),
+                    (
+                        "daemon",
+                        verdict(server.valid, server.events, &server.problem),
+                    ),
                     (
                         "client",
                         verdict(client_valid, events.len() as u64, &client_problem),
@@ -1604,12 +1648,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+    }
+
+    #[test]
     fn refs_are_classified() {
         use pb::key_ref::Ref;
         let r = |s: &str| key_ref(s).r#ref.unwrap();
-        assert_eq!(r("k0123456789abcdef"), Ref::KeyId("k0123456789abcdef".into()));
+        assert_eq!(
+            r("k0123456789abcdef"),
+            Ref::KeyId("k0123456789abcdef".into())
+        );
         assert_eq!(r("zmk-1"), Ref::Alias("zmk-1".into()));
-        assert_eq!(r("alias:k0123456789abcdef"), Ref::Alias("k0123456789abcdef".into()));
+        assert_eq!(
+            r("alias:k0123456789abcdef"),
+            Ref::Alias("k0123456789abcdef".into())
+        );
         let block = format!("D0144K0TB00E0000{}", "A".repeat(128));
         assert_eq!(r(&block), Ref::KeyBlock(block.clone()));
         assert_eq!(r("D0144"), Ref::Alias("D0144".into()));
@@ -1656,14 +1712,25 @@ mod tests {
         );
         assert_eq!(store.to_vec(), evs[0].hash);
         evs[1].outcome = "DENIED".into();
-        assert!(verify_chain(&evs).unwrap_err().starts_with("event 2 has been altered"));
+        assert!(verify_chain(&evs)
+            .unwrap_err()
+            .starts_with("event 2 has been altered"));
     }
 
     #[test]
     fn parsers_accept_the_documented_spellings() {
-        assert_eq!(parse_mac_alg("x9.19").unwrap(), pb::MacAlgorithm::Iso9797Alg3);
-        assert_eq!(parse_mac_alg("unionpay-ecb").unwrap(), pb::MacAlgorithm::UnionpayEcb);
-        assert_eq!(parse_layout("unionpay-004").unwrap(), pb::Field62Layout::Unionpay004);
+        assert_eq!(
+            parse_mac_alg("x9.19").unwrap(),
+            pb::MacAlgorithm::Iso9797Alg3
+        );
+        assert_eq!(
+            parse_mac_alg("unionpay-ecb").unwrap(),
+            pb::MacAlgorithm::UnionpayEcb
+        );
+        assert_eq!(
+            parse_layout("unionpay-004").unwrap(),
+            pb::Field62Layout::Unionpay004
+        );
         assert_eq!(parse_alg("tdes-2key").unwrap(), Algorithm::Tdes2);
         assert_eq!(parse_alg("aes-256").unwrap(), Algorithm::Aes256);
         assert_eq!(parse_key_type("pik").unwrap(), KeyType::Tpk);

@@ -86,7 +86,20 @@ pub fn read_passphrases(n: usize, confirm: bool) -> Result<Vec<SecretString>, St
 
 fn write_sealed(path: &Path, sealed: &SealedLmk) -> Result<(), String> {
     let tmp = path.with_extension("sealed.tmp");
-    std::fs::write(&tmp, sealed.to_json()).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, sealed.to_json().as_bytes())
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
 }
 

@@ -493,13 +493,29 @@ impl Hsm {
             });
             return Ok(tk);
         };
-        let pik = Some(self.load(&KeyRef::Id(cur.pik.clone()))?);
-        let mak = Some(self.load(&KeyRef::Id(cur.mak.clone()))?);
+        // The terminal record is a side table: the key blocks' own types decide, so a
+        // record with swapped ids cannot make the PIK a MAC key (an oracle) or vice versa.
+        let working = |id: &str, want: KeyType| -> Result<CachedKey, HsmError> {
+            let k = self.load(&KeyRef::Id(id.to_string()))?;
+            if k.key_type() != want {
+                let msg = format!(
+                    "terminal {}'s record names key {id} as its {want}, but that key is a {}",
+                    t.terminal_id,
+                    k.key_type()
+                );
+                self.raise_alarm(msg.clone());
+                return Err(err(Reason::KeyUsageMismatch, msg));
+            }
+            Ok(k)
+        };
+        let pik = Some(working(&cur.pik, KeyType::Tpk)?);
+        let mak = Some(working(&cur.mak, KeyType::Tak)?);
         let prev_mak = match &t.previous {
-            Some(p) => self
-                .load(&KeyRef::Id(p.mak.clone()))
-                .ok()
-                .map(|k| (k, cur.issued_unix)),
+            Some(p) => match working(&p.mak, KeyType::Tak) {
+                Ok(k) => Some((k, cur.issued_unix)),
+                Err(e) if e.reason == Reason::KeyUsageMismatch => return Err(e),
+                Err(_) => None,
+            },
             None => None,
         };
         let tk = Arc::new(TerminalKeys { pik, mak, prev_mak });

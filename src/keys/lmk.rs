@@ -16,6 +16,8 @@ use zeroize::{Zeroize, Zeroizing};
 pub const SEALED_FORMAT: &str = "poshsm-sealed-lmk/1";
 /// Fixed passphrase `serve --dev` seals its LMK with. Never for production.
 pub const DEV_PASSPHRASE: &str = "poshsm-dev-insecure-passphrase";
+/// Bytes of the LMK's KCV recorded in the sealed file (as payShield shows 16H).
+const SEALED_KCV_BYTES: usize = 8;
 /// Number of hex characters of the LMK KCV carried in each key block (5 bytes).
 const KP_KCV_HEX: usize = 10;
 
@@ -66,7 +68,7 @@ pub struct SealedLmk {
     pub kdf: String,
     pub kdf_params: KdfParams,
     pub custodians: u32,
-    /// Hex of the LMK's full KCV block (AES-CMAC over zeros); public.
+    /// Hex of the first 8 bytes of the LMK's KCV (AES-CMAC over zeros); public.
     pub kcv: String,
     pub salt: String,
     pub nonce: String,
@@ -191,7 +193,7 @@ impl Lmk {
             kdf: "argon2id-v19".to_string(),
             kdf_params: params,
             custodians: passphrases.len() as u32,
-            kcv: hex::encode_upper(self.inner.kcv),
+            kcv: self.kcv_hex(SEALED_KCV_BYTES),
             salt: hex::encode_upper(salt),
             nonce: hex::encode_upper(nonce),
             ciphertext: String::new(),
@@ -249,7 +251,7 @@ impl Lmk {
                 .map_err(|_| LmkError::Malformed("sealed LMK is not 32 bytes".into()))?,
         );
         let lmk = Lmk::from_bytes(&key);
-        let got = hex::encode_upper(lmk.inner.kcv);
+        let got = lmk.kcv_hex(SEALED_KCV_BYTES);
         if got != sealed.kcv.to_ascii_uppercase() {
             return Err(LmkError::KcvMismatch {
                 want: sealed.kcv.clone(),
@@ -357,7 +359,7 @@ mod tests {
         let mut sealed = lmk
             .seal(&pw(&["alpha-one", "bravo-two"]), KdfParams::DEV)
             .unwrap();
-        sealed.kcv = "00".repeat(16);
+        sealed.kcv = "00".repeat(8);
         assert!(Lmk::unseal(&sealed, &pw(&["alpha-one", "bravo-two"])).is_err());
     }
 

@@ -97,6 +97,9 @@ pub struct Batch {
     pub audit: Vec<AuditDraft>,
 }
 
+/// `next_seq` of an audit head whose last event did not decode.
+const POISONED: u64 = u64::MAX;
+
 struct AuditHead {
     next_seq: u64,
     last_hash: [u8; 32],
@@ -145,10 +148,31 @@ impl Store {
     /// Opens (creating if needed) the database in `dir`. Reads the audit head;
     /// does not verify records (the core's self-test does).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        // A restarting process may still hold sled's file lock for a moment:
+        // retry that one error briefly; a second live instance still fails.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .flush_every_ms(Some(1000))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("lock") =>
+                {
+                    tries += 1;
+                    if tries > 30 {
+                        return Err(StoreError::Io(format!(
+                            "{e} (is another poshsm using this data dir?)"
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Store::from_db(db)
     }
 
@@ -165,13 +189,19 @@ impl Store {
         let audit = db.open_tree("audit")?;
         let meta = db.open_tree("meta")?;
         let head = match audit.last()? {
-            Some((k, v)) => {
-                let rec: AuditRecord = decode("audit", &k, &v)?;
-                AuditHead {
+            // A corrupt last event must not stop the store from opening: the
+            // self-test's chain verification then puts the module in ALARM, and
+            // the poisoned head refuses any further append.
+            Some((k, v)) => match decode::<AuditRecord>("audit", &k, &v) {
+                Ok(rec) => AuditHead {
                     next_seq: rec.seq + 1,
                     last_hash: rec.hash,
-                }
-            }
+                },
+                Err(_) => AuditHead {
+                    next_seq: POISONED,
+                    last_hash: [0u8; 32],
+                },
+            },
             None => AuditHead {
                 next_seq: 1,
                 last_hash: [0u8; 32],
@@ -331,6 +361,12 @@ impl Store {
     pub fn commit(&self, batch: Batch) -> Result<Vec<AuditRecord>, StoreError> {
         // The head lock serialises chain appends; the transaction itself is short.
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if head.next_seq == POISONED {
+            return Err(corrupt(
+                "audit",
+                "the last audit event is corrupt: nothing more is appended",
+            ));
+        }
         let now = crate::now_unix();
         let mut prev = head.last_hash;
         let records: Vec<AuditRecord> = batch
