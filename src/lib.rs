@@ -30,6 +30,7 @@
 pub mod cli;
 pub mod crypto;
 pub mod devcerts;
+pub mod fuzzing;
 pub mod hsm;
 pub mod keys;
 pub mod server;

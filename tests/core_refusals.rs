@@ -387,7 +387,14 @@ fn a_key_from_a_single_component_is_refused_as_too_few_components() {
     let hsm = hsm();
     let c = odd(16);
     refused(
-        components(&hsm, KeyType::Zmk, Algorithm::Tdes2, &[c.clone()], &[], ""),
+        components(
+            &hsm,
+            KeyType::Zmk,
+            Algorithm::Tdes2,
+            std::slice::from_ref(&c),
+            &[],
+            "",
+        ),
         Reason::TooFewComponents,
         &["at least 2 components"],
         &[&c],

@@ -1703,11 +1703,7 @@ mod tests {
         let store = crate::store::audit::event_hash(
             1,
             1_700_000_000,
-            "admin",
-            "GenerateKey",
-            "k1",
-            "OK",
-            "kcv=ABCDEF",
+            ["admin", "GenerateKey", "k1", "OK", "kcv=ABCDEF"],
             &[0u8; 32],
         );
         assert_eq!(store.to_vec(), evs[0].hash);

@@ -63,6 +63,14 @@ pub struct ExportedKey {
     pub kcv: String,
 }
 
+/// What a new stored key is: type, algorithm, alias, exportability.
+struct KeySpec<'a> {
+    key_type: KeyType,
+    algorithm: Algorithm,
+    alias: &'a str,
+    exportable: bool,
+}
+
 fn audit(actor: &str, op: &str, key_id: &str, outcome: &str, detail: String) -> AuditDraft {
     AuditDraft {
         actor: actor.to_string(),
@@ -107,13 +115,16 @@ impl Hsm {
         &self,
         actor: &str,
         op: &str,
-        key_type: KeyType,
-        algorithm: Algorithm,
+        spec: KeySpec<'_>,
         clear: &[u8],
-        alias: &str,
-        exportable: bool,
         detail: &str,
     ) -> Result<KeyInfo, HsmError> {
+        let KeySpec {
+            key_type,
+            algorithm,
+            alias,
+            exportable,
+        } = spec;
         let (rec, _) = self.new_record(key_type, algorithm, clear, exportable, alias, 1)?;
         let mut batch = Batch {
             audit: vec![audit(
@@ -145,16 +156,13 @@ impl Hsm {
         self.check_alias(&req.alias)?;
         self.check_algorithm_allowed(req.key_type, req.algorithm)?;
         let key = KeyMaterial::generate(req.algorithm)?;
-        self.store_key(
-            actor,
-            "GenerateKey",
-            req.key_type,
-            req.algorithm,
-            key.expose(),
-            &req.alias,
-            req.exportable,
-            "",
-        )
+        let spec = KeySpec {
+            key_type: req.key_type,
+            algorithm: req.algorithm,
+            alias: &req.alias,
+            exportable: req.exportable,
+        };
+        self.store_key(actor, "GenerateKey", spec, key.expose(), "")
     }
 
     pub fn import_key_components(
@@ -241,14 +249,17 @@ impl Hsm {
                 ));
             }
         }
+        let spec = KeySpec {
+            key_type: req.key_type,
+            algorithm: alg,
+            alias: &req.alias,
+            exportable: req.exportable,
+        };
         self.store_key(
             actor,
             "ImportKeyComponents",
-            req.key_type,
-            alg,
+            spec,
             &key,
-            &req.alias,
-            req.exportable,
             &format!(" components={n}"),
         )
     }
@@ -385,14 +396,17 @@ impl Hsm {
         if !req.expected_kcv.is_empty() {
             check_kcv(&cipher, &req.expected_kcv, "the imported key's")?;
         }
+        let spec = KeySpec {
+            key_type: req.key_type,
+            algorithm: alg,
+            alias: &req.alias,
+            exportable,
+        };
         self.store_key(
             actor,
             "ImportKey",
-            req.key_type,
-            alg,
+            spec,
             &clear,
-            &req.alias,
-            exportable,
             &format!(" kek_kcv={}", kek.meta().kcv),
         )
     }

@@ -37,21 +37,13 @@ pub struct AuditRecord {
 /// The canonical hash of an event (documented in ARCHITECTURE.md):
 /// SHA-256("poshsm-audit-v1" ‖ seq u64be ‖ time i64be ‖ lp(actor) ‖ lp(operation)
 /// ‖ lp(key_id) ‖ lp(outcome) ‖ lp(detail) ‖ prev_hash), lp = u32be length ‖ bytes.
-pub fn event_hash(
-    seq: u64,
-    time_unix: i64,
-    actor: &str,
-    operation: &str,
-    key_id: &str,
-    outcome: &str,
-    detail: &str,
-    prev_hash: &[u8; 32],
-) -> [u8; 32] {
+/// `fields` = [actor, operation, key_id, outcome, detail].
+pub fn event_hash(seq: u64, time_unix: i64, fields: [&str; 5], prev_hash: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"poshsm-audit-v1");
     h.update(seq.to_be_bytes());
     h.update(time_unix.to_be_bytes());
-    for field in [actor, operation, key_id, outcome, detail] {
+    for field in fields {
         h.update((field.len() as u32).to_be_bytes());
         h.update(field.as_bytes());
     }
@@ -64,11 +56,13 @@ impl AuditRecord {
         let hash = event_hash(
             seq,
             time_unix,
-            &draft.actor,
-            &draft.operation,
-            &draft.key_id,
-            &draft.outcome,
-            &draft.detail,
+            [
+                &draft.actor,
+                &draft.operation,
+                &draft.key_id,
+                &draft.outcome,
+                &draft.detail,
+            ],
             &prev_hash,
         );
         AuditRecord {
@@ -89,11 +83,13 @@ impl AuditRecord {
         event_hash(
             self.seq,
             self.time_unix,
-            &self.actor,
-            &self.operation,
-            &self.key_id,
-            &self.outcome,
-            &self.detail,
+            [
+                &self.actor,
+                &self.operation,
+                &self.key_id,
+                &self.outcome,
+                &self.detail,
+            ],
             &self.prev_hash,
         )
     }

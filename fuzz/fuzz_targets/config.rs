@@ -1,0 +1,7 @@
+//! Fuzz target: `poshsm::fuzzing::config` on arbitrary bytes (must never panic).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    poshsm::fuzzing::config(data);
+});
