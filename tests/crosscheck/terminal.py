@@ -103,6 +103,43 @@ def handle(req):
     if op == "ecb":
         key = bytes.fromhex(req["key"])
         return {"data": ecb(key, bytes.fromhex(req["data"]), req.get("encrypt", True), req.get("alg", "TDES")).hex().upper()}
+    if op == "cmac":
+        from cryptography.hazmat.primitives import cmac as _cmac
+        key = bytes.fromhex(req["key"])
+        alg = req.get("alg", "TDES")
+        algo = algorithms.SM4(key) if alg == "SM4" else (algorithms.AES(key) if alg == "AES" else tdes_or_des(key))
+        c = _cmac.CMAC(algo)
+        c.update(bytes.fromhex(req["data"]))
+        return {"mac": c.finalize().hex().upper()}
+    if op == "cbc_mac":
+        # ISO 9797-1 MAC algorithm 1, padding method 1 (zeros only if needed; empty -> one block), IV 0
+        key = bytes.fromhex(req["key"])
+        alg = req.get("alg", "TDES")
+        bs = 16 if alg in ("SM4", "AES") else 8
+        data = bytes.fromhex(req["data"])
+        if len(data) == 0 or len(data) % bs:
+            data += bytes(bs - len(data) % bs if len(data) % bs else bs)
+        algo = algorithms.SM4(key) if alg == "SM4" else (algorithms.AES(key) if alg == "AES" else tdes_or_des(key))
+        enc = Cipher(algo, modes.CBC(bytes(bs))).encryptor()
+        out = enc.update(data) + enc.finalize()
+        return {"mac": out[-bs:].hex().upper()}
+    if op == "decipher_iso4":
+        # ISO 9564-1:2017 format 4, written from the standard: block = E(E(P) xor A)
+        key = bytes.fromhex(req["key"])
+        alg = req.get("alg", "AES")
+        pan = req["pan"]
+        t = ecb(key, bytes.fromhex(req["block"]), encrypt=False, alg=alg)
+        m = len(pan) - 12
+        a_nibbles = "%X" % m + pan + "0" * (32 - 1 - len(pan))
+        a = bytes.fromhex(a_nibbles)
+        p = ecb(key, bytes(x ^ y for x, y in zip(t, a)), encrypt=False, alg=alg)
+        h = p.hex().upper()
+        if h[0] != "4":
+            return {"pin": None}
+        n = int(h[1], 16)
+        if not 4 <= n <= 12 or any(c != "A" for c in h[2 + n:16]):
+            return {"pin": None}
+        return {"pin": h[2:2 + n]}
     if op == "kcv":
         key = bytes.fromhex(req["key"])
         alg = req.get("alg", "TDES")
