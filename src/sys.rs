@@ -24,12 +24,63 @@ pub fn locked_bytes() -> u64 {
 }
 
 const PAGE: usize = 4096;
+/// Locked memory is taken from the OS in chunks of this size, each locked and
+/// marked non-dumpable once. Protecting single pages instead splits the
+/// process's mappings until `vm.max_map_count` is hit and mmap fails.
+const CHUNK: usize = 1 << 20;
+/// Slot sizes of the arena (bytes); a value larger than the last, or more
+/// aligned than 64, gets whole pages of its own.
+const CLASSES: [usize; 7] = [64, 128, 256, 512, 1024, 2048, 4096];
 
-/// A value on its own page-aligned allocation that is locked in RAM (`mlock`)
-/// and excluded from core dumps (`MADV_DONTDUMP`) where the OS allows, and
-/// whose bytes are zeroed after the value is dropped.
+/// Free slots per size class (addresses), refilled a chunk at a time.
+static FREE: [std::sync::Mutex<Vec<usize>>; CLASSES.len()] =
+    [const { std::sync::Mutex::new(Vec::new()) }; CLASSES.len()];
+
+fn class_of(size: usize, align: usize) -> Option<usize> {
+    if align > 64 {
+        return None;
+    }
+    CLASSES.iter().position(|c| *c >= size)
+}
+
+fn slot_alloc(class: usize) -> *mut u8 {
+    let mut free = FREE[class].lock().unwrap_or_else(|p| p.into_inner());
+    if free.is_empty() {
+        let Ok(layout) = Layout::from_size_align(CHUNK, PAGE) else {
+            // invariant: CHUNK and PAGE are fixed valid constants
+            unreachable!("chunk layout is valid")
+        };
+        // SAFETY: non-zero size.
+        let chunk = unsafe { alloc_zeroed(layout) };
+        if chunk.is_null() {
+            std::alloc::handle_alloc_error(layout)
+        }
+        protect(chunk, CHUNK);
+        let size = CLASSES[class];
+        free.extend((0..CHUNK / size).rev().map(|i| chunk as usize + i * size));
+    }
+    // invariant: the refill above leaves at least one slot
+    free.pop()
+        .map(|a| a as *mut u8)
+        .unwrap_or(std::ptr::null_mut())
+}
+
+fn slot_free(class: usize, ptr: *mut u8) {
+    // SAFETY: ptr is a slot of CLASSES[class] bytes that we own and no longer use.
+    unsafe { std::slice::from_raw_parts_mut(ptr, CLASSES[class]).zeroize() };
+    FREE[class]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(ptr as usize);
+}
+
+/// A value in locked (`mlock`), non-dumpable (`MADV_DONTDUMP`) memory where the
+/// OS allows, whose bytes are zeroed after the value is dropped. Small values
+/// share arena chunks; large ones get pages of their own.
 pub struct Locked<T> {
     ptr: NonNull<T>,
+    /// Some(class) for arena slots; None for a dedicated page allocation.
+    class: Option<usize>,
     layout: Layout,
     locked: bool,
 }
@@ -41,9 +92,27 @@ unsafe impl<T: Sync> Sync for Locked<T> {}
 
 impl<T> Locked<T> {
     pub fn new(value: T) -> Locked<T> {
-        let size = std::mem::size_of::<T>().max(1).div_ceil(PAGE) * PAGE;
-        let align = std::mem::align_of::<T>().max(PAGE);
-        let Ok(layout) = Layout::from_size_align(size, align) else {
+        let size = std::mem::size_of::<T>().max(1);
+        let align = std::mem::align_of::<T>();
+        if let Some(class) = class_of(size, align) {
+            let raw = slot_alloc(class) as *mut T;
+            if let Some(ptr) = NonNull::new(raw) {
+                // SAFETY: the slot is valid for writes of T (size and 64-byte alignment fit).
+                unsafe { ptr.as_ptr().write(value) };
+                let Ok(layout) = Layout::from_size_align(CLASSES[class], 64) else {
+                    // invariant: class sizes are powers of two
+                    unreachable!("slot layout is valid")
+                };
+                return Locked {
+                    ptr,
+                    class: Some(class),
+                    layout,
+                    locked: false,
+                };
+            }
+        }
+        let size = size.div_ceil(PAGE) * PAGE;
+        let Ok(layout) = Layout::from_size_align(size, align.max(PAGE)) else {
             // invariant: size is a small multiple of PAGE and align a power of two
             unreachable!("page layout is always valid")
         };
@@ -57,6 +126,7 @@ impl<T> Locked<T> {
         let locked = protect(ptr.as_ptr() as *mut u8, size);
         Locked {
             ptr,
+            class: None,
             layout,
             locked,
         }
@@ -73,18 +143,23 @@ impl<T> Deref for Locked<T> {
 
 impl<T> Drop for Locked<T> {
     fn drop(&mut self) {
-        // SAFETY: the value was initialised in new() and is dropped exactly once;
-        // then the whole region (ours alone) is zeroed and released.
-        unsafe {
-            std::ptr::drop_in_place(self.ptr.as_ptr());
-            let bytes =
-                std::slice::from_raw_parts_mut(self.ptr.as_ptr() as *mut u8, self.layout.size());
-            bytes.zeroize();
-            if self.locked {
-                libc::munlock(self.ptr.as_ptr() as *const libc::c_void, self.layout.size());
-                LOCKED_BYTES.fetch_sub(self.layout.size() as u64, Ordering::Relaxed);
-            }
-            dealloc(self.ptr.as_ptr() as *mut u8, self.layout);
+        // SAFETY: the value was initialised in new() and is dropped exactly once.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        match self.class {
+            Some(class) => slot_free(class, self.ptr.as_ptr() as *mut u8),
+            // SAFETY: a dedicated region of layout.size() bytes that we own; zero, unlock, release.
+            None => unsafe {
+                let bytes = std::slice::from_raw_parts_mut(
+                    self.ptr.as_ptr() as *mut u8,
+                    self.layout.size(),
+                );
+                bytes.zeroize();
+                if self.locked {
+                    libc::munlock(self.ptr.as_ptr() as *const libc::c_void, self.layout.size());
+                    LOCKED_BYTES.fetch_sub(self.layout.size() as u64, Ordering::Relaxed);
+                }
+                dealloc(self.ptr.as_ptr() as *mut u8, self.layout);
+            },
         }
     }
 }
@@ -132,10 +207,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locked_value_is_page_aligned_and_readable() {
+    fn locked_values_are_aligned_and_readable() {
         let v = Locked::new([7u8; 32]);
-        assert_eq!(v.as_ptr() as usize % PAGE, 0);
+        assert_eq!(v.as_ptr() as usize % 64, 0);
         assert_eq!(v[31], 7);
+        let big = Locked::new([9u8; 9000]);
+        assert_eq!(big.as_ptr() as usize % PAGE, 0);
+        assert_eq!(big[8999], 9);
+    }
+
+    fn mappings() -> usize {
+        std::fs::read_to_string("/proc/self/maps")
+            .map(|m| m.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn many_locked_values_do_not_fragment_the_address_space() {
+        let before = mappings();
+        let held: Vec<Locked<[u8; 600]>> = (0..50_000).map(|_| Locked::new([1u8; 600])).collect();
+        let during = mappings();
+        drop(held);
+        let churn: Vec<Locked<[u8; 600]>> = (0..50_000).map(|_| Locked::new([2u8; 600])).collect();
+        drop(churn);
+        let after = mappings();
+        // 50,000 slots of 1 KiB fill ~49 chunks: a few dozen mappings, not tens of thousands.
+        assert!(during < before + 200, "{before} -> {during}");
+        assert!(after < before + 200, "{before} -> {after}");
+    }
+
+    #[test]
+    fn a_freed_slot_is_zeroed_when_its_value_is_dropped() {
+        let v = Locked::new([0xABu8; 100]);
+        let addr = v.as_ptr();
+        drop(v);
+        // The slot stays in the arena (never returned to the OS), so it may be read.
+        // SAFETY (test): `addr` points into a live arena chunk of at least 128 bytes.
+        let after = unsafe { std::slice::from_raw_parts(addr, 100) };
+        assert!(
+            after.iter().all(|b| *b == 0),
+            "key bytes left behind after drop"
+        );
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl MockHsm {
                 let _ = rx.await;
             };
             if let Err(e) =
-                server::serve(listener, served, tls, AccessConfig::default(), stop).await
+                server::serve(listener, served, tls, AccessConfig::default(), None, stop).await
             {
                 tracing::error!(error = %e, "mock server stopped");
             }

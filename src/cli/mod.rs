@@ -3,6 +3,7 @@
 //! commands over the gRPC API (never the store directly).
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 pub mod serve;
 
@@ -34,6 +35,9 @@ pub enum Command {
         /// First run creates the data dir, dev certificates and an LMK sealed under a public dev passphrase.
         #[arg(long)]
         dev: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; bind to loopback or a private network).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// LMK ceremony.
     Lmk {
@@ -42,6 +46,8 @@ pub enum Command {
     },
     /// Administer a running daemon over mutual TLS.
     Admin(admin::AdminArgs),
+    /// Load generator: fixtures through the admin API, then tonic clients over mTLS.
+    Bench(bench::BenchArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -66,12 +72,14 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             listen,
             config,
             dev,
+            metrics_listen,
         } => {
             serve::serve(serve::ServeOptions {
                 data_dir,
                 listen,
                 config,
                 dev,
+                metrics_listen,
             })
             .await
         }
@@ -89,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Admin(args) => admin::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "poshsm", &mut std::io::stdout());

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub listen: String,
     pub config: Option<PathBuf>,
     pub dev: bool,
+    /// Prometheus text at http://ADDR/metrics.
+    pub metrics_listen: Option<String>,
 }
 
 pub const SEALED_FILE: &str = "lmk.sealed";
@@ -216,11 +218,29 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, lmk_kcv = %status.lmk_kcv, "poshsm serving");
     println!("poshsm listening on {addr}");
+    let metrics = match &opts.metrics_listen {
+        Some(a) => {
+            let m = Arc::new(server::metrics::Metrics::new());
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {a}: {e}"))?;
+            let bound = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %bound, "metrics at /metrics");
+            tokio::spawn(server::metrics::serve_metrics(
+                l,
+                m.clone(),
+                shutdown_signal(),
+            ));
+            Some(m)
+        }
+        None => None,
+    };
     server::serve(
         listener,
         Arc::new(hsm),
         tls,
         config.access.unwrap_or_default(),
+        metrics,
         shutdown_signal(),
     )
     .await

@@ -6,7 +6,7 @@
 use super::{err, Hsm, HsmError, KeyRef, Reason};
 use crate::crypto::{mac, Algorithm};
 use crate::keys::cache::CachedKey;
-use crate::keys::KeyClass;
+use crate::keys::{KeyClass, KeyType};
 use subtle::ConstantTimeEq;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +120,44 @@ impl Hsm {
         self.check_ready()?;
         self.check_message(req.message)?;
         let (key, prev) = self.mac_keys(&req.source)?;
+        // The security trigger counts MAC failures per terminal (or terminal MAC key).
+        let subject = match &req.source {
+            MacKeySource::Terminal(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
+            MacKeySource::Key(r) if key.key_type() == KeyType::Tak => {
+                Some(match (&key.meta().key_id, r) {
+                    (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
+                    (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
+                    (None, other) => std::borrow::Cow::Owned(other.to_string()),
+                })
+            }
+            MacKeySource::Key(_) => None,
+        };
+        if let Some(s) = &subject {
+            if let super::guard::Verdict::Throttled { first } = self.mac_guard.check(s) {
+                return Err(self.throttled("VerifyMac", s, first));
+            }
+        }
+        let valid = self.verify_with(req, mac, &key, prev)?;
+        if !valid {
+            if let Some(s) = &subject {
+                if let super::guard::Verdict::Throttled { first } = self.mac_guard.take(s) {
+                    // This failure is reported; the trigger holds the next calls back.
+                    if first {
+                        let _ = self.throttled("VerifyMac", s, true);
+                    }
+                }
+            }
+        }
+        Ok(valid)
+    }
+
+    fn verify_with(
+        &self,
+        req: &MacRequest<'_>,
+        mac: &[u8],
+        key: &CachedKey,
+        prev: Option<CachedKey>,
+    ) -> Result<bool, HsmError> {
         let check = |k: &CachedKey| -> Result<bool, HsmError> {
             let full = compute(k, req.algorithm, req.message)?;
             if mac.len() < MIN_MAC_LEN || mac.len() > full.len() {
@@ -130,7 +168,7 @@ impl Hsm {
             }
             Ok(bool::from(full[..mac.len()].ct_eq(mac)))
         };
-        if check(&key)? {
+        if check(key)? {
             return Ok(true);
         }
         match prev {

@@ -4,6 +4,7 @@
 //! It must never return, log or put in an error a clear key or a clear PIN.
 
 mod error;
+pub mod guard;
 mod keyadmin;
 mod mac;
 mod pin;
@@ -69,6 +70,10 @@ pub struct HsmConfig {
     pub max_mac_message: usize,
     /// Unwrapped keys kept in locked memory.
     pub key_cache_capacity: usize,
+    /// Per-terminal limit on PIN translations (the 安全触发 security trigger).
+    pub pin_guard: guard::Limit,
+    /// Per-terminal limit on MAC verification failures.
+    pub mac_failure_guard: guard::Limit,
 }
 
 impl Default for HsmConfig {
@@ -79,6 +84,8 @@ impl Default for HsmConfig {
             mac_grace_secs: 300,
             max_mac_message: 64 * 1024,
             key_cache_capacity: 8192,
+            pin_guard: guard::Limit::default(),
+            mac_failure_guard: guard::Limit::default(),
         }
     }
 }
@@ -105,11 +112,15 @@ pub(crate) struct TerminalKeys {
 /// The HSM core. Cheap to share behind an `Arc`.
 pub struct Hsm {
     lmk: Lmk,
-    store: Store,
+    store: Arc<Store>,
     cache: KeyCache,
     terminals: Mutex<HashMap<String, Arc<TerminalKeys>>>,
     config: HsmConfig,
     alarm: RwLock<Option<String>>,
+    /// alias → key id, so the hot path does not read the store per call.
+    aliases: RwLock<HashMap<String, String>>,
+    pub(crate) pin_guard: guard::Guard,
+    pub(crate) mac_guard: guard::Guard,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -148,9 +159,12 @@ impl Hsm {
     pub fn new(lmk: Lmk, store: Store, config: HsmConfig) -> Hsm {
         let hsm = Hsm {
             cache: KeyCache::new(config.key_cache_capacity),
+            aliases: RwLock::new(HashMap::new()),
+            pin_guard: guard::Guard::new(config.pin_guard),
+            mac_guard: guard::Guard::new(config.mac_failure_guard),
             terminals: Mutex::new(HashMap::new()),
             lmk,
-            store,
+            store: Arc::new(store),
             config,
             alarm: RwLock::new(None),
         };
@@ -167,6 +181,11 @@ impl Hsm {
 
     pub fn lmk(&self) -> &Lmk {
         &self.lmk
+    }
+
+    /// Store flushes performed so far (group commit), for metrics.
+    pub fn store_fsyncs(&self) -> u64 {
+        self.store.fsyncs()
     }
 
     pub(crate) fn cache_ref(&self) -> &KeyCache {
@@ -217,6 +236,14 @@ impl Hsm {
         })
     }
 
+    /// Async flush for the server: waiters hold no thread (group commit).
+    pub async fn flush_async(&self) -> Result<(), HsmError> {
+        self.store.flush_async().await.map_err(|e| {
+            self.raise_alarm(format!("store flush failed: {e}"));
+            HsmError::from(e)
+        })
+    }
+
     /// Commits a batch; a storage failure (not a logical conflict) raises the alarm.
     pub(crate) fn commit(&self, batch: Batch) -> Result<(), HsmError> {
         match self.store.commit(batch) {
@@ -253,6 +280,32 @@ impl Hsm {
             self.raise_alarm(format!("audit chain: {e}"));
             HsmError::from(e)
         })
+    }
+
+    /// Refuses with TERMINAL_THROTTLED; audits the first refusal of an episode.
+    pub(crate) fn throttled(&self, op: &str, subject: &str, first: bool) -> HsmError {
+        let what = if op == "TranslatePin" {
+            "PIN translations"
+        } else {
+            "MAC verification failures"
+        };
+        if first {
+            tracing::warn!(subject, op, "security trigger: terminal throttled");
+            let _ = self.audit(vec![AuditDraft {
+                actor: "guard".into(),
+                operation: op.into(),
+                key_id: String::new(),
+                outcome: "TERMINAL_THROTTLED".into(),
+                detail: format!("subject={}", subject.get(..48).unwrap_or(subject)),
+            }]);
+        }
+        err(
+            Reason::TerminalThrottled,
+            format!(
+                "too many {what} for {}: the security trigger is holding it back",
+                subject.get(..48).unwrap_or(subject)
+            ),
+        )
     }
 
     /// Resolves a key reference to a usable key (through the cache).
@@ -413,6 +466,11 @@ impl Hsm {
 
     pub(crate) fn forget_key(&self, key_id: &str) {
         self.cache.invalidate_key_id(key_id);
+        // Aliases of the key were unbound or moved: drop them from the alias cache.
+        self.aliases
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, id| id != key_id);
         // Terminals holding the key re-resolve on their next call.
         let mut t = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
         t.retain(|_, tk| {

@@ -50,6 +50,23 @@ impl Hsm {
     pub fn translate_pin(&self, req: &TranslatePin) -> Result<TranslatedPin, HsmError> {
         self.check_ready()?;
         let src = self.pin_source_key(&req.source)?;
+        // The security trigger counts translations per terminal (or per terminal PIN key).
+        let subject = match &req.source {
+            PinKeySource::Terminal(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
+            PinKeySource::Key(r) if src.key_type() == KeyType::Tpk => {
+                Some(match (&src.meta().key_id, r) {
+                    (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
+                    (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
+                    (None, other) => std::borrow::Cow::Owned(other.to_string()),
+                })
+            }
+            PinKeySource::Key(_) => None,
+        };
+        if let Some(subject) = &subject {
+            if let super::guard::Verdict::Throttled { first } = self.pin_guard.take(subject) {
+                return Err(self.throttled("TranslatePin", subject, first));
+            }
+        }
         let dst = self.load_class(&req.dest, &[KeyClass::Pin], "for PIN blocks")?;
         if dst.key_type() != KeyType::Zpk {
             return Err(err(

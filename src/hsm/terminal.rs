@@ -305,7 +305,16 @@ impl Hsm {
         }
     }
 
+    /// Signs a terminal in and flushes before returning.
     pub fn sign_in(&self, actor: &str, req: SignIn) -> Result<SignInResult, HsmError> {
+        let out = self.sign_in_unflushed(actor, req)?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// Signs a terminal in and commits, without waiting for the disk: the caller
+    /// must flush (e.g. [`Hsm::flush_async`]) before it answers anyone.
+    pub fn sign_in_unflushed(&self, actor: &str, req: SignIn) -> Result<SignInResult, HsmError> {
         self.check_ready()?;
         let cv_len = match req.check_value_length {
             0 | 4 => 4,
@@ -440,7 +449,6 @@ impl Hsm {
             batch.update_terminals.push((updated, t.key_version));
         }
         self.commit(batch)?;
-        self.flush()?;
 
         if let Some(t) = &terminal {
             // Hot path: the new keys are ready; the old MAK verifies during the grace window.

@@ -5,6 +5,7 @@
 //! and nowhere else.
 
 pub mod convert;
+pub mod metrics;
 mod services;
 
 use crate::hsm::{Category, Hsm, HsmError};
@@ -165,6 +166,7 @@ pub async fn serve(
     hsm: Arc<Hsm>,
     tls: TlsMaterial,
     access: AccessConfig,
+    metrics: Option<Arc<metrics::Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     install_crypto_provider();
@@ -181,10 +183,33 @@ pub async fn serve(
         // Health follows the alarm: NOT_SERVING as soon as the module is in ALARM.
         let watched = hsm.clone();
         let reporter = health_reporter.clone();
+        let gauges = metrics.clone();
         tokio::spawn(async move {
             let mut last_ok = true;
             loop {
                 let ok = watched.alarm().is_none();
+                if let Some(m) = &gauges {
+                    m.set_gauge(
+                        "poshsm_alarm",
+                        "1 while the module is in ALARM.",
+                        if ok { 0.0 } else { 1.0 },
+                    );
+                    m.set_gauge(
+                        "poshsm_locked_bytes",
+                        "Bytes of key material pages locked in RAM.",
+                        crate::sys::locked_bytes() as f64,
+                    );
+                    m.set_gauge(
+                        "poshsm_mlock_failures_total",
+                        "Key pages that could not be mlocked (raise RLIMIT_MEMLOCK).",
+                        crate::sys::lock_failures() as f64,
+                    );
+                    m.set_gauge(
+                        "poshsm_store_fsyncs_total",
+                        "Store flushes performed (group commit).",
+                        watched.store_fsyncs() as f64,
+                    );
+                }
                 if ok != last_ok || !ok {
                     let st = if ok {
                         tonic_health::ServingStatus::Serving
@@ -224,6 +249,7 @@ pub async fn serve(
         .max_concurrent_streams(1024)
         .initial_connection_window_size(4 * 1024 * 1024)
         .initial_stream_window_size(1024 * 1024)
+        .layer(metrics::MetricsLayer(metrics.unwrap_or_default()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(crypto)

@@ -124,7 +124,9 @@ impl pb::crypto_server::Crypto for CryptoService {
             check_value_length: r.check_value_length as usize,
         };
         let hsm = self.hsm.clone();
-        let out = blocking(move || hsm.sign_in(&caller.identity, sreq)).await?;
+        let out = blocking(move || hsm.sign_in_unflushed(&caller.identity, sreq)).await?;
+        // Durable before reply: the group flush covers this commit.
+        self.hsm.flush_async().await.map_err(status)?;
         Ok(Response::new(pb::SignInResponse {
             pik: Some(cv::working_key(out.pik)),
             mak: Some(cv::working_key(out.mak)),

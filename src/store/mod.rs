@@ -114,6 +114,38 @@ pub struct Store {
     audit: sled::Tree,
     meta: sled::Tree,
     head: Mutex<AuditHead>,
+    group: GroupCommit,
+}
+
+/// Group commit: concurrent callers of [`Store::flush`] share one fsync. A
+/// caller returns only after a flush that *started after* its call began has
+/// finished, so everything it wrote before calling is on disk.
+struct GroupCommit {
+    state: Mutex<GroupState>,
+    done: std::sync::Condvar,
+    /// Async waiters: the highest ticket made durable so far.
+    flushed_tx: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            state: Mutex::default(),
+            done: std::sync::Condvar::new(),
+            flushed_tx: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Tickets handed out (one per flush request).
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    flushed: u64,
+    flushing: bool,
+    /// Flushes actually performed (for benchmarks and tests).
+    fsyncs: u64,
 }
 
 fn corrupt(tree: &'static str, problem: impl Into<String>) -> StoreError {
@@ -215,13 +247,98 @@ impl Store {
             audit,
             meta,
             head: Mutex::new(head),
+            group: GroupCommit::default(),
         })
     }
 
-    /// Forces everything written so far to disk.
+    /// Forces everything written so far to disk, sharing the fsync with
+    /// concurrent callers (group commit).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        let lock = || self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock();
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.flushed >= ticket {
+                return Ok(());
+            }
+            if !st.flushing {
+                // Lead a flush covering every ticket handed out so far.
+                st.flushing = true;
+                let covers = st.requested;
+                drop(st);
+                let result = self.db.flush();
+                st = lock();
+                st.flushing = false;
+                st.fsyncs += 1;
+                if result.is_ok() {
+                    st.flushed = st.flushed.max(covers);
+                }
+                self.group.done.notify_all();
+                let _ = self.group.flushed_tx.send(covers);
+                result?;
+                continue;
+            }
+            st = self.group.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Async group commit: like [`Store::flush`], but waiting callers hold no
+    /// thread; one of them runs the fsync on the blocking pool for all.
+    pub async fn flush_async(self: &std::sync::Arc<Self>) -> Result<(), StoreError> {
+        let ticket = {
+            let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.requested += 1;
+            st.requested
+        };
+        let mut rx = self.group.flushed_tx.subscribe();
+        loop {
+            let lead = {
+                let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.flushed >= ticket {
+                    return Ok(());
+                }
+                if st.flushing {
+                    None
+                } else {
+                    st.flushing = true;
+                    Some(st.requested)
+                }
+            };
+            match lead {
+                Some(covers) => {
+                    let me = self.clone();
+                    let result = tokio::task::spawn_blocking(move || me.db.flush())
+                        .await
+                        .map_err(|e| StoreError::Io(format!("flush task: {e}")))
+                        .and_then(|r| r.map_err(StoreError::from));
+                    {
+                        let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+                        st.flushing = false;
+                        st.fsyncs += 1;
+                        if result.is_ok() {
+                            st.flushed = st.flushed.max(covers);
+                        }
+                    }
+                    self.group.done.notify_all();
+                    let _ = self.group.flushed_tx.send(covers);
+                    result?;
+                }
+                None => {
+                    // Woken when any flush finishes; re-check our ticket.
+                    let _ = rx.changed().await;
+                }
+            }
+        }
+    }
+
+    /// How many fsyncs group commit has performed.
+    pub fn fsyncs(&self) -> u64 {
+        self.group
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fsyncs
     }
 
     pub fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -536,6 +653,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.verify_audit_chain().unwrap(), 4);
+    }
+
+    #[test]
+    fn concurrent_flushes_share_fsyncs_and_each_returns_after_its_own_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..32)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    s.commit(Batch {
+                        put_keys: vec![key(&format!("k{i}"))],
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    s.flush().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(s.fsyncs() >= 1 && s.fsyncs() <= 32, "{}", s.fsyncs());
+        assert_eq!(s.list_keys("", 100).unwrap().len(), 32);
     }
 
     #[test]

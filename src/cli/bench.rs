@@ -1,0 +1,790 @@
+//! `poshsm bench`: the load generator. It creates its own fixtures (a TMK
+//! formed from components it knows, many terminals signed in, a ZPK/ZAK)
+//! through the admin API, then drives tonic clients over mutual TLS: closed
+//! loop by default, open loop with `--rate` (latency measured from each
+//! request's scheduled time, so queueing is not hidden). One process can run
+//! several RPCs in sequence on the same channels (`--rpc health,translate-pin`).
+
+use super::client::{connect, ClientConfig};
+use crate::crypto::pinblock::{self, Pan, Pin, PinBlockFormat};
+use crate::crypto::{deskey, kcv, mac, random_bytes, Algorithm, Cipher};
+use crate::proto::{self as pb, crypto_client::CryptoClient, key_admin_client::KeyAdminClient};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchRpc {
+    Health,
+    TranslatePin,
+    VerifyMac,
+    GenerateMac,
+    SignIn,
+    TranslatePinBatch,
+    VerifyMacBatch,
+    /// The core's translate_pin in this process, no network (per-thread rate).
+    InprocessTranslatePin,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Data dir of the daemon (for DIR/certs/{ca,admin,posp}.*).
+    #[arg(long, default_value = "./poshsm-data")]
+    pub data_dir: PathBuf,
+    /// RPCs to drive, in order, on the same channels (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "translate-pin")]
+    pub rpc: Vec<BenchRpc>,
+    /// TLS connections (HTTP/2 channels).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Requests in flight (closed loop) / workers (open loop) / threads (in-process).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Measured seconds per RPC.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Warm-up seconds per RPC (not measured).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Open loop: requests per second (batch RPCs: batches per second).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Terminals to create (load is spread over them, below the per-terminal guard).
+    #[arg(long, default_value_t = 5000)]
+    pub terminals: usize,
+    /// Items per batch call.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Bytes per MAC message.
+    #[arg(long, default_value_t = 256)]
+    pub message_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One terminal's fixture: what its PIN pad would send.
+#[derive(Clone)]
+struct Fixture {
+    terminal_id: String,
+    pin_block: Vec<u8>,
+    message: Vec<u8>,
+    mac: Vec<u8>,
+}
+
+struct Fixtures {
+    zpk_alias: String,
+    zak_alias: String,
+    pan: String,
+    terminals: Vec<Fixture>,
+}
+
+#[derive(Default)]
+struct Outcome {
+    ok: u64,
+    errors: u64,
+    /// Units of work per call (batch items), for the rate.
+    units: u64,
+    lat_us: Vec<u32>,
+    /// Open loop: latency from the actual send (without the schedule lag).
+    svc_us: Vec<u32>,
+    first_error: Option<String>,
+}
+
+impl Outcome {
+    fn merge(&mut self, o: Outcome) {
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.units += o.units;
+        self.lat_us.extend(o.lat_us);
+        self.svc_us.extend(o.svc_us);
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+    }
+}
+
+/// The summary of one RPC's run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub rpc: String,
+    pub rps: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub p50_us: u32,
+    pub p90_us: u32,
+    pub p99_us: u32,
+    pub p999_us: u32,
+    /// Open loop only: p50/p99 from the actual send, i.e. without the time a
+    /// request waited in the load generator after its scheduled start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_service_us: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_service_us: Option<u32>,
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn name(r: BenchRpc) -> String {
+    r.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+fn odd_component() -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    random_bytes(&mut c);
+    deskey::adjust_odd_parity(&mut c);
+    c
+}
+
+fn status_msg(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn make_fixtures(
+    args: &BenchArgs,
+    admin: &KeyAdminClient<Channel>,
+    posp: &CryptoClient<Channel>,
+    sign_in: bool,
+) -> Result<Fixtures, String> {
+    let mut suffix = [0u8; 3];
+    random_bytes(&mut suffix);
+    let suffix = hex::encode_upper(suffix);
+    let mut admin = admin.clone();
+    // A TMK formed from components the load generator knows, so it can play every PIN pad.
+    let parts: Vec<Vec<u8>> = (0..3).map(|_| odd_component()).collect();
+    let tmk_clear: Vec<u8> = (0..16)
+        .map(|i| parts[0][i] ^ parts[1][i] ^ parts[2][i])
+        .collect();
+    let tmk = admin
+        .import_key_components(pb::ImportKeyComponentsRequest {
+            key_type: pb::KeyType::Tmk as i32,
+            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
+            components: parts,
+            alias: format!("bench-tmk-{suffix}"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("fixture TMK: {}", status_msg(&e)))?
+        .into_inner();
+    for (t, a) in [(pb::KeyType::Zpk, "zpk"), (pb::KeyType::Zak, "zak")] {
+        admin
+            .generate_key(pb::GenerateKeyRequest {
+                key_type: t as i32,
+                algorithm: pb::KeyAlgorithm::Tdes2key as i32,
+                alias: format!("bench-{a}-{suffix}"),
+                exportable: false,
+            })
+            .await
+            .map_err(|e| format!("fixture {a}: {}", status_msg(&e)))?;
+    }
+    let n = args.terminals.max(1);
+    eprintln!(
+        "bench: creating {n} terminals{}",
+        if sign_in { " and signing them in" } else { "" }
+    );
+    let pan = "6222020200112233445".to_string();
+    let tmk_cipher =
+        Arc::new(Cipher::new(Algorithm::Tdes2, &tmk_clear).map_err(|e| e.to_string())?);
+    let message: Vec<u8> = (0..args.message_size).map(|i| (i % 251) as u8).collect();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut admin = admin.clone();
+        let mut posp = posp.clone();
+        let tmk_id = tmk.key_id.clone();
+        let tid = format!("B{suffix}{i:06}");
+        let tmk_cipher = tmk_cipher.clone();
+        let pan = pan.clone();
+        let message = message.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            admin
+                .create_terminal(pb::CreateTerminalRequest {
+                    terminal_id: tid.clone(),
+                    tmk: Some(pb::KeyRef {
+                        r#ref: Some(pb::key_ref::Ref::KeyId(tmk_id)),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("create terminal: {}", status_msg(&e)))?;
+            if !sign_in {
+                return Ok(Fixture {
+                    terminal_id: tid,
+                    pin_block: vec![],
+                    message,
+                    mac: vec![],
+                });
+            }
+            let r = posp
+                .sign_in(pb::SignInRequest {
+                    terminal_id: tid.clone(),
+                    layout: pb::Field62Layout::DoubleMak as i32,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("sign in: {}", status_msg(&e)))?
+                .into_inner();
+            // DOUBLE_MAK: PIK 16 ‖ CV 4 ‖ MAK 16 ‖ CV 4
+            let f = &r.field62;
+            if f.len() != 40 {
+                return Err(format!("field 62 of {} has {} bytes", tid, f.len()));
+            }
+            let mut pik = f[0..16].to_vec();
+            let mut mak = f[20..36].to_vec();
+            tmk_cipher
+                .ecb_decrypt(&mut pik)
+                .map_err(|e| e.to_string())?;
+            tmk_cipher
+                .ecb_decrypt(&mut mak)
+                .map_err(|e| e.to_string())?;
+            let pik = Cipher::new(Algorithm::Tdes2, &pik).map_err(|e| e.to_string())?;
+            if kcv::encrypt_zeros(&pik)[..4] != f[16..20] {
+                return Err("field 62 check value mismatch".into());
+            }
+            let mak = Cipher::new(Algorithm::Tdes2, &mak).map_err(|e| e.to_string())?;
+            let pin = Pin::parse("123456").map_err(|e| e.to_string())?;
+            let pan_p = Pan::parse(&pan).map_err(|e| e.to_string())?;
+            let pin_block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan_p))
+                .map_err(|e| e.to_string())?;
+            let mac = mac::unionpay_ecb(&mak, &message);
+            Ok::<_, String>(Fixture {
+                terminal_id: tid,
+                pin_block,
+                message,
+                mac,
+            })
+        }));
+    }
+    let mut terminals = Vec::with_capacity(n);
+    for t in tasks {
+        terminals.push(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(Fixtures {
+        zpk_alias: format!("bench-zpk-{suffix}"),
+        zak_alias: format!("bench-zak-{suffix}"),
+        pan,
+        terminals,
+    })
+}
+
+fn alias(a: &str) -> Option<pb::KeyRef> {
+    Some(pb::KeyRef {
+        r#ref: Some(pb::key_ref::Ref::Alias(a.to_string())),
+    })
+}
+
+fn translate_req(fx: &Fixtures, t: &Fixture) -> pb::TranslatePinRequest {
+    pb::TranslatePinRequest {
+        source: Some(pb::translate_pin_request::Source::TerminalId(
+            t.terminal_id.clone(),
+        )),
+        dest_key: alias(&fx.zpk_alias),
+        pin_block: t.pin_block.clone(),
+        pan: fx.pan.clone(),
+        source_format: 0,
+        dest_format: 0,
+    }
+}
+
+fn verify_req(t: &Fixture) -> pb::VerifyMacRequest {
+    pb::VerifyMacRequest {
+        key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
+            t.terminal_id.clone(),
+        )),
+        algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
+        message: t.message.clone(),
+        mac: t.mac.clone(),
+    }
+}
+
+/// One call of `rpc` for the i-th request; returns units of work done.
+async fn call(
+    rpc: BenchRpc,
+    i: usize,
+    fx: &Fixtures,
+    crypto: &mut CryptoClient<Channel>,
+    health: &mut tonic_health::pb::health_client::HealthClient<Channel>,
+    batch: usize,
+) -> Result<u64, tonic::Status> {
+    let n = fx.terminals.len();
+    let t = &fx.terminals[i % n];
+    match rpc {
+        BenchRpc::Health => {
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+            Ok(1)
+        }
+        BenchRpc::TranslatePin => {
+            crypto.translate_pin(translate_req(fx, t)).await?;
+            Ok(1)
+        }
+        BenchRpc::VerifyMac => {
+            let v = crypto.verify_mac(verify_req(t)).await?.into_inner();
+            if !v.valid {
+                return Err(tonic::Status::internal("fixture MAC did not verify"));
+            }
+            Ok(1)
+        }
+        BenchRpc::GenerateMac => {
+            crypto
+                .generate_mac(pb::GenerateMacRequest {
+                    key_source: Some(pb::generate_mac_request::KeySource::Key(
+                        alias(&fx.zak_alias).unwrap_or_default(),
+                    )),
+                    algorithm: pb::MacAlgorithm::Iso9797Alg3 as i32,
+                    message: t.message.clone(),
+                    mac_length: 8,
+                })
+                .await?;
+            Ok(1)
+        }
+        BenchRpc::SignIn => {
+            crypto
+                .sign_in(pb::SignInRequest {
+                    terminal_id: t.terminal_id.clone(),
+                    layout: pb::Field62Layout::DoubleMak as i32,
+                    ..Default::default()
+                })
+                .await?;
+            Ok(1)
+        }
+        BenchRpc::TranslatePinBatch => {
+            let items = (0..batch)
+                .map(|k| translate_req(fx, &fx.terminals[(i * batch + k) % n]))
+                .collect();
+            let r = crypto
+                .translate_pin_batch(pb::TranslatePinBatchRequest { items })
+                .await?
+                .into_inner();
+            let ok = r
+                .results
+                .iter()
+                .filter(|x| matches!(x.result, Some(pb::translate_pin_result::Result::Ok(_))))
+                .count();
+            if ok != batch {
+                return Err(tonic::Status::internal(format!(
+                    "{} of {batch} batch items failed",
+                    batch - ok
+                )));
+            }
+            Ok(batch as u64)
+        }
+        BenchRpc::VerifyMacBatch => {
+            let items = (0..batch)
+                .map(|k| verify_req(&fx.terminals[(i * batch + k) % n]))
+                .collect();
+            let r = crypto
+                .verify_mac_batch(pb::VerifyMacBatchRequest { items })
+                .await?
+                .into_inner();
+            let ok = r
+                .results
+                .iter()
+                .filter(|x| {
+                    matches!(
+                        x.result,
+                        Some(pb::verify_mac_result::Result::Ok(pb::VerifyMacResponse {
+                            valid: true
+                        }))
+                    )
+                })
+                .count();
+            if ok != batch {
+                return Err(tonic::Status::internal(format!(
+                    "{} of {batch} batch items failed",
+                    batch - ok
+                )));
+            }
+            Ok(batch as u64)
+        }
+        BenchRpc::InprocessTranslatePin => {
+            Err(tonic::Status::internal("in-process is not a network RPC"))
+        }
+    }
+}
+
+/// Open loop: a pacer thread releases request slots at `rate` per second with
+/// sub-millisecond precision (tokio's timer has 1 ms granularity, which would
+/// bunch requests); a dispatcher runs each slot, at most `concurrency` at once.
+/// Latency counts from the slot's scheduled time (no coordinated omission).
+async fn drive_open(
+    rpc: BenchRpc,
+    args: &BenchArgs,
+    fx: Arc<Fixtures>,
+    channels: &[Channel],
+    measure: Duration,
+    rate: u64,
+) -> Outcome {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let start = Instant::now() + Duration::from_millis(5);
+    let total = (rate as f64 * measure.as_secs_f64()) as usize;
+    std::thread::spawn(move || {
+        let mut idx = 0usize;
+        while idx < total {
+            let now = Instant::now();
+            // Release every slot that is due.
+            while idx < total {
+                let due = start + Duration::from_secs_f64(idx as f64 / rate as f64);
+                if due > now {
+                    break;
+                }
+                if tx.send((idx, due)).is_err() {
+                    return;
+                }
+                idx += 1;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    });
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let out = Arc::new(std::sync::Mutex::new(Outcome::default()));
+    let batch = args.batch_size.max(1);
+    let mut handles = Vec::with_capacity(total.min(1 << 20));
+    while let Some((idx, due)) = rx.recv().await {
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
+        let ch = channels[idx % channels.len()].clone();
+        let fx = fx.clone();
+        let out = out.clone();
+        handles.push(tokio::spawn(async move {
+            let _p = permit;
+            let mut crypto = CryptoClient::new(ch.clone());
+            let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+            let sent = Instant::now();
+            let r = call(rpc, idx, &fx, &mut crypto, &mut health, batch).await;
+            let done = Instant::now();
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                Ok(units) => {
+                    o.ok += 1;
+                    o.units += units;
+                    o.lat_us
+                        .push(done.duration_since(due).as_micros().min(u32::MAX as u128) as u32);
+                    o.svc_us
+                        .push(done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
+                }
+                Err(s) => {
+                    o.errors += 1;
+                    o.first_error.get_or_insert_with(|| status_msg(&s));
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::take(&mut *o)
+}
+
+async fn drive(
+    rpc: BenchRpc,
+    args: &BenchArgs,
+    fx: Arc<Fixtures>,
+    channels: &[Channel],
+    measure: Duration,
+) -> Outcome {
+    if let Some(rate) = args.rate.filter(|r| *r > 0) {
+        return drive_open(rpc, args, fx, channels, measure, rate).await;
+    }
+    let start = Instant::now();
+    let deadline = start + measure;
+    let workers = args.concurrency.max(1);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let ch = channels[w % channels.len()].clone();
+        let fx = fx.clone();
+        let batch = args.batch_size.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut crypto = CryptoClient::new(ch.clone());
+            let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+            let mut out = Outcome::default();
+            let mut k: u64 = 0;
+            loop {
+                // Each worker owns the terminals ≡ w (mod workers): no terminal
+                // has two requests in flight (a sign-in conflict is the daemon's right).
+                let per_worker = (fx.terminals.len() / workers).max(1) as u64;
+                let idx = ((k % per_worker) as usize) * workers + w;
+                let scheduled = Instant::now();
+                if scheduled >= deadline {
+                    break;
+                }
+                match call(rpc, idx, &fx, &mut crypto, &mut health, batch).await {
+                    Ok(units) => {
+                        out.ok += 1;
+                        out.units += units;
+                        out.lat_us
+                            .push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Err(s) => {
+                        out.errors += 1;
+                        if out.first_error.is_none() {
+                            out.first_error = Some(status_msg(&s));
+                        }
+                    }
+                }
+                k += 1;
+            }
+            out
+        }));
+    }
+    let mut total = Outcome::default();
+    for t in tasks {
+        if let Ok(o) = t.await {
+            total.merge(o);
+        }
+    }
+    total
+}
+
+fn summarize(rpc: BenchRpc, mut o: Outcome, secs: f64) -> Summary {
+    o.lat_us.sort_unstable();
+    o.svc_us.sort_unstable();
+    let svc = !o.svc_us.is_empty();
+    Summary {
+        rpc: name(rpc),
+        rps: o.units as f64 / secs,
+        ok: o.ok,
+        errors: o.errors,
+        p50_us: pct(&o.lat_us, 0.50),
+        p90_us: pct(&o.lat_us, 0.90),
+        p99_us: pct(&o.lat_us, 0.99),
+        p999_us: pct(&o.lat_us, 0.999),
+        p50_service_us: svc.then(|| pct(&o.svc_us, 0.50)),
+        p99_service_us: svc.then(|| pct(&o.svc_us, 0.99)),
+    }
+}
+
+/// The core's PIN translation in this process: per-thread rate, no network.
+fn inprocess(args: &BenchArgs) -> Result<Summary, String> {
+    use crate::hsm::{Hsm, HsmConfig, KeyRef, PinKeySource, TranslatePin};
+    let config = HsmConfig {
+        pin_guard: crate::hsm::guard::Limit {
+            per_sec: 0.0,
+            burst: 0.0,
+        },
+        ..Default::default()
+    };
+    let hsm = Arc::new(Hsm::new(
+        crate::keys::Lmk::generate(),
+        crate::store::Store::temporary().map_err(|e| e.to_string())?,
+        config,
+    ));
+    let parts: Vec<zeroize::Zeroizing<Vec<u8>>> = (0..3)
+        .map(|_| zeroize::Zeroizing::new(odd_component()))
+        .collect();
+    let clear: Vec<u8> = (0..16)
+        .map(|i| parts[0][i] ^ parts[1][i] ^ parts[2][i])
+        .collect();
+    let spec = |t, a: &str| crate::hsm::GenerateKey {
+        key_type: t,
+        algorithm: Algorithm::Tdes2,
+        alias: a.into(),
+        exportable: false,
+    };
+    hsm.import_key_components(
+        "bench",
+        crate::hsm::ImportComponents {
+            key_type: crate::keys::KeyType::Tpk,
+            algorithm: Algorithm::Tdes2,
+            components: parts,
+            component_kcvs: vec![],
+            alias: "tpk".into(),
+            exportable: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    hsm.generate_key("bench", spec(crate::keys::KeyType::Zpk, "zpk"))
+        .map_err(|e| e.to_string())?;
+    let tpk_id = hsm
+        .get_key(&KeyRef::Alias("tpk".into()))
+        .map_err(|e| e.to_string())?
+        .key_id;
+    let zpk_id = hsm
+        .get_key(&KeyRef::Alias("zpk".into()))
+        .map_err(|e| e.to_string())?
+        .key_id;
+    let pik = Cipher::new(Algorithm::Tdes2, &clear).map_err(|e| e.to_string())?;
+    let pan = Pan::parse("6222020200112233445").map_err(|e| e.to_string())?;
+    let pin = Pin::parse("123456").map_err(|e| e.to_string())?;
+    let block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan))
+        .map_err(|e| e.to_string())?;
+    let req = TranslatePin {
+        source: PinKeySource::Key(KeyRef::Id(tpk_id)),
+        dest: KeyRef::Id(zpk_id),
+        pin_block: block,
+        pan: "6222020200112233445".into(),
+        source_format: PinBlockFormat::Iso0,
+        dest_format: PinBlockFormat::Iso0,
+    };
+    let threads = args.concurrency.clamp(1, 64);
+    let measure = Duration::from_secs(args.duration);
+    let warm = Instant::now() + Duration::from_secs(args.warmup);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let hsm = hsm.clone();
+            let req = req.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < warm {
+                    let _ = hsm.translate_pin(&req);
+                }
+                let mut out = Outcome::default();
+                let start = Instant::now();
+                let mut n = 0u64;
+                // Latency sampled every 64 calls to keep the clock out of the loop.
+                while start.elapsed() < measure {
+                    let t0 = Instant::now();
+                    for _ in 0..64 {
+                        match hsm.translate_pin(&req) {
+                            Ok(_) => n += 1,
+                            Err(e) => {
+                                out.errors += 1;
+                                out.first_error.get_or_insert(e.message);
+                            }
+                        }
+                    }
+                    out.lat_us
+                        .push((t0.elapsed().as_nanos() / 64 / 1000) as u32);
+                }
+                out.ok = n;
+                out.units = n;
+                out
+            })
+        })
+        .collect();
+    let mut total = Outcome::default();
+    for h in handles {
+        total.merge(h.join().map_err(|_| "bench thread panicked".to_string())?);
+    }
+    Ok(summarize(
+        BenchRpc::InprocessTranslatePin,
+        total,
+        args.duration as f64,
+    ))
+}
+
+fn print_table(rows: &[Summary]) {
+    println!(
+        "{:<24} {:>11} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "rpc", "rps", "ok", "errors", "p50_us", "p90_us", "p99_us", "p999_us"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:>11.0} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            r.rpc, r.rps, r.ok, r.errors, r.p50_us, r.p90_us, r.p99_us, r.p999_us
+        );
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let mut rows = Vec::new();
+    let network: Vec<BenchRpc> = args
+        .rpc
+        .iter()
+        .copied()
+        .filter(|r| *r != BenchRpc::InprocessTranslatePin)
+        .collect();
+    if !network.is_empty() {
+        let admin_ch = connect(&ClientConfig::from_data_dir(
+            &args.addr,
+            &args.data_dir,
+            "admin",
+        ))
+        .await?;
+        let posp_cfg = ClientConfig::from_data_dir(&args.addr, &args.data_dir, "posp");
+        let mut channels = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            channels.push(connect(&posp_cfg).await?);
+        }
+        let needs_keys = network
+            .iter()
+            .any(|r| !matches!(r, BenchRpc::Health | BenchRpc::SignIn));
+        let fx = Arc::new(
+            make_fixtures(
+                &args,
+                &KeyAdminClient::new(admin_ch),
+                &CryptoClient::new(channels[0].clone()),
+                needs_keys,
+            )
+            .await?,
+        );
+        for rpc in network {
+            eprintln!(
+                "bench: {} — {}s warm-up, {}s measured, {} connections, {} {}",
+                name(rpc),
+                args.warmup,
+                args.duration,
+                channels.len(),
+                args.concurrency,
+                if args.rate.is_some() {
+                    "workers (open loop)"
+                } else {
+                    "in flight (closed loop)"
+                }
+            );
+            if args.warmup > 0 {
+                let _ = drive(
+                    rpc,
+                    &args,
+                    fx.clone(),
+                    &channels,
+                    Duration::from_secs(args.warmup),
+                )
+                .await;
+            }
+            let t0 = Instant::now();
+            let o = drive(
+                rpc,
+                &args,
+                fx.clone(),
+                &channels,
+                Duration::from_secs(args.duration),
+            )
+            .await;
+            let secs = t0.elapsed().as_secs_f64().max(args.duration as f64);
+            if let Some(e) = &o.first_error {
+                eprintln!("bench: {}: first error: {e}", name(rpc));
+            }
+            rows.push(summarize(rpc, o, secs));
+        }
+    }
+    if args.rpc.contains(&BenchRpc::InprocessTranslatePin) {
+        let a = args.clone();
+        rows.push(
+            tokio::task::spawn_blocking(move || inprocess(&a))
+                .await
+                .map_err(|e| e.to_string())??,
+        );
+    }
+    print_table(&rows);
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).map_err(|e| e.to_string())?);
+        }
+    }
+    if rows.iter().any(|r| r.errors > 0) {
+        return Err("some requests failed (see the errors column)".into());
+    }
+    Ok(())
+}

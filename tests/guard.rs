@@ -1,0 +1,163 @@
+//! The per-terminal security trigger (安全触发): PIN translations and MAC
+//! failures beyond the configured rate are refused with TERMINAL_THROTTLED,
+//! each episode is audited once, and other terminals are unaffected.
+
+use poshsm::hsm::guard::Limit;
+use poshsm::hsm::*;
+use poshsm::proto as pb;
+use poshsm::testing::MockHsm;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn config(pin_burst: f64, mac_burst: f64) -> HsmConfig {
+    HsmConfig {
+        // Almost no refill during the test, so the burst is what counts.
+        pin_guard: Limit {
+            per_sec: 0.01,
+            burst: pin_burst,
+        },
+        mac_failure_guard: Limit {
+            per_sec: 0.01,
+            burst: mac_burst,
+        },
+        ..Default::default()
+    }
+}
+
+fn reason(s: &tonic::Status) -> String {
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
+    let mut mock = MockHsm::start_with(config(10.0, 50.0)).await.unwrap();
+    let mut posp = mock.posp.clone();
+    let r = posp
+        .sign_in(mock.terminal.sign_in_request())
+        .await
+        .unwrap()
+        .into_inner();
+    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    let pan = "6228480402564890018";
+    let req = pb::TranslatePinRequest {
+        source: Some(pb::translate_pin_request::Source::TerminalId(
+            "MOCK0001".into(),
+        )),
+        dest_key: Some(pb::KeyRef {
+            r#ref: Some(pb::key_ref::Ref::Alias("mock-zpk".into())),
+        }),
+        pin_block: mock.terminal.pin_block("1234", pan).unwrap(),
+        pan: pan.into(),
+        ..Default::default()
+    };
+    for i in 0..10 {
+        posp.translate_pin(req.clone())
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e:?}"));
+    }
+    for _ in 0..5 {
+        let s = posp.translate_pin(req.clone()).await.unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(reason(&s), "TERMINAL_THROTTLED");
+    }
+    let throttles = mock
+        .hsm
+        .audit_log(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
+        .count();
+    assert_eq!(
+        throttles, 1,
+        "one audit event per episode, not per refused call"
+    );
+    // Another terminal's key is not affected: a ZPK -> ZPK translation is not a terminal's.
+    let zpk_to_zpk = pb::TranslatePinRequest {
+        source: Some(pb::translate_pin_request::Source::SourceKey(pb::KeyRef {
+            r#ref: Some(pb::key_ref::Ref::Alias("mock-zpk".into())),
+        })),
+        pin_block: vec![0; 8],
+        ..req.clone()
+    };
+    let s = posp.translate_pin(zpk_to_zpk).await.unwrap_err();
+    assert_ne!(
+        reason(&s),
+        "TERMINAL_THROTTLED",
+        "zone keys are not throttled per terminal"
+    );
+    mock.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_mac_failures_trip_the_trigger_for_that_terminal() {
+    let mut mock = MockHsm::start_with(config(50.0, 5.0)).await.unwrap();
+    let mut posp = mock.posp.clone();
+    let r = posp
+        .sign_in(mock.terminal.sign_in_request())
+        .await
+        .unwrap()
+        .into_inner();
+    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    let msg = b"0200 purchase".to_vec();
+    let verify = |mac: Vec<u8>| pb::VerifyMacRequest {
+        key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
+            "MOCK0001".into(),
+        )),
+        algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
+        message: msg.clone(),
+        mac,
+    };
+    for _ in 0..5 {
+        assert!(
+            !posp
+                .verify_mac(verify(b"00000000".to_vec()))
+                .await
+                .unwrap()
+                .into_inner()
+                .valid
+        );
+    }
+    let s = posp
+        .verify_mac(verify(mock.terminal.mac(&msg).unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&s), "TERMINAL_THROTTLED");
+    let throttles = mock
+        .hsm
+        .audit_log(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
+        .count();
+    assert_eq!(throttles, 1);
+    mock.stop().await;
+}
+
+#[test]
+fn the_guard_is_configured_from_the_config_file() {
+    let c =
+        poshsm::cli::serve::parse_config("[hsm.pin_guard]\nper_sec = 5.0\nburst = 7.0\n").unwrap();
+    assert_eq!(
+        c.hsm.pin_guard,
+        Limit {
+            per_sec: 5.0,
+            burst: 7.0
+        }
+    );
+    assert_eq!(
+        c.hsm.mac_failure_guard,
+        Limit {
+            per_sec: 20.0,
+            burst: 50.0
+        },
+        "defaults: 20/s, bursts of 50"
+    );
+    assert!(
+        poshsm::cli::serve::parse_config("[hsm.pin_guard]\nrate = 5\n").is_err(),
+        "unknown keys are errors"
+    );
+}
