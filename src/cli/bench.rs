@@ -64,6 +64,10 @@ pub struct BenchArgs {
     pub message_size: usize,
     #[arg(long)]
     pub json: bool,
+    /// Alternate the RPCs in this many slices of duration/N each, so background
+    /// load on a shared machine hits every RPC alike (fair ratios).
+    #[arg(long, default_value_t = 1)]
+    pub interleave: u32,
 }
 
 /// One terminal's fixture: what its PIN pad would send.
@@ -729,10 +733,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             )
             .await?,
         );
-        for rpc in network {
+        let slices = args.interleave.max(1);
+        let slice = Duration::from_secs_f64(args.duration as f64 / slices as f64);
+        for rpc in &network {
             eprintln!(
-                "bench: {} — {}s warm-up, {}s measured, {} connections, {} {}",
-                name(rpc),
+                "bench: {} — {}s warm-up, {}s measured in {slices} slice(s), {} connections, {} {}",
+                name(*rpc),
                 args.warmup,
                 args.duration,
                 channels.len(),
@@ -745,7 +751,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             );
             if args.warmup > 0 {
                 let _ = drive(
-                    rpc,
+                    *rpc,
                     &args,
                     fx.clone(),
                     &channels,
@@ -753,20 +759,22 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 )
                 .await;
             }
-            let t0 = Instant::now();
-            let o = drive(
-                rpc,
-                &args,
-                fx.clone(),
-                &channels,
-                Duration::from_secs(args.duration),
-            )
-            .await;
-            let secs = t0.elapsed().as_secs_f64().max(args.duration as f64);
-            if let Some(e) = &o.first_error {
-                eprintln!("bench: {}: first error: {e}", name(rpc));
+        }
+        let mut totals: Vec<(Outcome, f64)> =
+            network.iter().map(|_| (Outcome::default(), 0.0)).collect();
+        for _ in 0..slices {
+            for (i, rpc) in network.iter().enumerate() {
+                let t0 = Instant::now();
+                let o = drive(*rpc, &args, fx.clone(), &channels, slice).await;
+                totals[i].1 += t0.elapsed().as_secs_f64().max(slice.as_secs_f64());
+                totals[i].0.merge(o);
             }
-            rows.push(summarize(rpc, o, secs));
+        }
+        for (rpc, (o, secs)) in network.iter().zip(totals) {
+            if let Some(e) = &o.first_error {
+                eprintln!("bench: {}: first error: {e}", name(*rpc));
+            }
+            rows.push(summarize(*rpc, o, secs));
         }
     }
     if args.rpc.contains(&BenchRpc::InprocessTranslatePin) {
@@ -787,4 +795,81 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         return Err("some requests failed (see the errors column)".into());
     }
     Ok(())
+}
+
+/// `poshsm populate`: fills a stopped daemon's store with `terminals`
+/// signed-in terminals through the core (for key-store scaling benchmarks).
+pub fn populate(
+    data_dir: &std::path::Path,
+    dev: bool,
+    terminals: usize,
+    threads: usize,
+) -> Result<String, String> {
+    use crate::hsm::{CreateTerminal, SignIn, SignInSource};
+    let hsm = Arc::new(super::serve::open_hsm(
+        data_dir,
+        dev,
+        crate::hsm::HsmConfig::default(),
+    )?);
+    if let Some(a) = hsm.alarm() {
+        return Err(format!("module is in ALARM: {a}"));
+    }
+    let mut prefix = [0u8; 3];
+    random_bytes(&mut prefix);
+    let prefix = format!("P{}", hex::encode_upper(prefix));
+    let start = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads = threads.clamp(1, 16);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let hsm = hsm.clone();
+            let prefix = prefix.clone();
+            let done = done.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut i = t;
+                while i < terminals {
+                    let tid = format!("{prefix}{i:07}");
+                    hsm.create_terminal(
+                        "populate",
+                        CreateTerminal {
+                            terminal_id: tid.clone(),
+                            merchant_id: String::new(),
+                            tmk: None,
+                            tmk_algorithm: None,
+                        },
+                    )
+                    .map_err(|e| e.message)?;
+                    hsm.sign_in_unflushed(
+                        "populate",
+                        SignIn {
+                            source: SignInSource::Terminal(tid),
+                            algorithm: None,
+                            include_tdk: true,
+                            layout: None,
+                            check_value_length: 0,
+                        },
+                    )
+                    .map_err(|e| e.message)?;
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if n % 50_000 == 0 {
+                        eprintln!(
+                            "populate: {n} terminals ({:.0}/s)",
+                            n as f64 / start.elapsed().as_secs_f64()
+                        );
+                    }
+                    i += threads;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| "populate thread panicked".to_string())??;
+    }
+    hsm.flush().map_err(|e| e.message)?;
+    Ok(format!(
+        "{terminals} terminals created and signed in under prefix {prefix} in {:.1} s",
+        start.elapsed().as_secs_f64()
+    ))
 }

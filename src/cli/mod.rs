@@ -48,6 +48,18 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Load generator: fixtures through the admin API, then tonic clients over mTLS.
     Bench(bench::BenchArgs),
+    /// Offline: fill a stopped daemon's store with N signed-in terminals (benchmarks).
+    Populate {
+        #[arg(long, default_value = "./poshsm-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        terminals: usize,
+        /// The store's LMK is sealed under the dev passphrase.
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -98,6 +110,20 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Populate {
+            data_dir,
+            terminals,
+            dev,
+            threads,
+        } => {
+            let msg = tokio::task::spawn_blocking(move || {
+                bench::populate(&data_dir, dev, terminals, threads)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            println!("{msg}");
+            Ok(())
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "poshsm", &mut std::io::stdout());

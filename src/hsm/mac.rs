@@ -49,7 +49,10 @@ fn compute(key: &CachedKey, alg: MacAlgorithm, message: &[u8]) -> Result<Vec<u8>
                     "ISO 9797-1 algorithm 3 (X9.19) needs a double- or triple-length TDES key",
                 ));
             }
-            mac::iso9797_alg3(key.clear(), message, mac::Padding::Method1)?.to_vec()
+            match key.retail_mac() {
+                Some(r) => r.compute(message, mac::Padding::Method1).to_vec(),
+                None => mac::iso9797_alg3(key.clear(), message, mac::Padding::Method1)?.to_vec(),
+            }
         }
         MacAlgorithm::UnionpayEcb => mac::unionpay_ecb(key.cipher(), message),
         MacAlgorithm::Cmac => mac::cmac(key.cipher(), message),

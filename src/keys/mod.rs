@@ -65,6 +65,8 @@ pub struct LoadedKey {
     meta: KeyMeta,
     key: InlineKey,
     cipher: Cipher,
+    /// X9.19 key schedules, precomputed for double/triple-length TDES MAC keys.
+    retail: Option<crate::crypto::mac::RetailMac>,
 }
 
 impl std::fmt::Debug for LoadedKey {
@@ -93,7 +95,18 @@ impl LoadedKey {
         key.bytes[..clear.len()].copy_from_slice(clear);
         let mut meta = meta_without_kcv;
         meta.kcv = kcv::kcv_hex(&cipher, 3);
-        Ok(LoadedKey { meta, key, cipher })
+        let retail = match (meta.key_type.class(), meta.algorithm) {
+            (KeyClass::Mac, Algorithm::Tdes2 | Algorithm::Tdes3) => {
+                Some(crate::crypto::mac::RetailMac::new(clear)?)
+            }
+            _ => None,
+        };
+        Ok(LoadedKey {
+            meta,
+            key,
+            cipher,
+            retail,
+        })
     }
 
     pub fn meta(&self) -> &KeyMeta {
@@ -110,6 +123,11 @@ impl LoadedKey {
 
     pub fn key_type(&self) -> KeyType {
         self.meta.key_type
+    }
+
+    /// Precomputed X9.19 (ISO 9797-1 alg 3) for TDES MAC keys.
+    pub fn retail_mac(&self) -> Option<&crate::crypto::mac::RetailMac> {
+        self.retail.as_ref()
     }
 
     /// The clear key bytes. Only for the core's wrapping and MAC code paths.
