@@ -84,3 +84,182 @@ pub fn config(data: &[u8]) {
         let _ = crate::cli::serve::parse_config(s);
     }
 }
+
+/// The payShield port's one parser: framing, header/command split and every
+/// command layout. Each whole frame is parsed; the data is also offered as the
+/// fields of every command. An error response always frames to itself.
+pub fn payshield_frame(data: &[u8]) {
+    use crate::payshield::frame;
+    let mut rest = data;
+    while let frame::Split::Frame { len } = frame::split_frame(rest, 32 * 1024) {
+        let Some(payload) = rest.get(2..2 + len) else {
+            break;
+        };
+        let req = frame::split_request(payload, 4);
+        if let Some(cmd) = req.code {
+            let _ = frame::parse_command(cmd, req.body);
+            let mut out = Vec::new();
+            frame::write_response(&mut out, req.header, frame::response_code(cmd), "15", &[]);
+            assert_eq!(
+                frame::split_frame(&out, usize::from(u16::MAX)),
+                frame::Split::Frame { len: out.len() - 2 }
+            );
+        }
+        rest = rest.get(2 + len..).unwrap_or_default();
+    }
+    for cmd in frame::IMPLEMENTED {
+        if let Ok(code) = <[u8; 2]>::try_from(cmd.as_bytes()) {
+            let _ = frame::parse_command(code, data);
+        }
+    }
+}
+
+/// Every request type through the core: the first byte picks the RPC, the rest
+/// is decoded as its protobuf message, converted exactly as the gRPC services
+/// do, and run against one in-process module with a few keys and a terminal.
+pub fn core_request(data: &[u8]) {
+    use crate::hsm::{Hsm, HsmConfig, MacRequest};
+    use crate::proto as pb;
+    use crate::server::convert as cv;
+    use prost::Message;
+    use std::sync::OnceLock;
+    static HSM: OnceLock<Option<Hsm>> = OnceLock::new();
+    let Some(hsm) = HSM
+        .get_or_init(|| {
+            let store = crate::store::Store::temporary().ok()?;
+            let hsm = Hsm::new(
+                crate::keys::Lmk::from_bytes(&[0x42; 32]),
+                store,
+                HsmConfig::default(),
+            );
+            let g = |t, a: &str| crate::hsm::GenerateKey {
+                key_type: t,
+                algorithm: Algorithm::Tdes2,
+                alias: a.into(),
+                exportable: true,
+            };
+            use crate::keys::KeyType as T;
+            for (t, a) in [
+                (T::Zmk, "zmk"),
+                (T::Zpk, "zpk"),
+                (T::Tpk, "tpk"),
+                (T::Zak, "zak"),
+                (T::Tak, "tak"),
+                (T::Tdk, "tdk"),
+            ] {
+                hsm.generate_key("fuzz", g(t, a)).ok()?;
+            }
+            hsm.create_terminal(
+                "fuzz",
+                crate::hsm::CreateTerminal {
+                    terminal_id: "T1".into(),
+                    merchant_id: String::new(),
+                    tmk: None,
+                    tmk_algorithm: None,
+                },
+            )
+            .ok()?;
+            Some(hsm)
+        })
+        .as_ref()
+    else {
+        return;
+    };
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    // Writing RPCs are capped so a long run does not grow the store without bound.
+    let may_write = hsm.status().keys < 5_000;
+    match sel % 11 {
+        0 => {
+            if let Ok(r) = pb::TranslatePinRequest::decode(body) {
+                if let Ok(t) = cv::translate_pin(r) {
+                    let _ = hsm.translate_pin(&t);
+                }
+            }
+        }
+        1 => {
+            if let Ok(r) = pb::GenerateMacRequest::decode(body) {
+                if let Ok((source, algorithm)) = cv::generate_mac(&r) {
+                    let _ = hsm.generate_mac(&MacRequest {
+                        source,
+                        algorithm,
+                        message: &r.message,
+                        mac_length: r.mac_length as usize,
+                    });
+                }
+            }
+        }
+        2 => {
+            if let Ok(r) = pb::VerifyMacRequest::decode(body) {
+                if let Ok((source, algorithm)) = cv::verify_mac(&r) {
+                    let _ = hsm.verify_mac(
+                        &MacRequest {
+                            source,
+                            algorithm,
+                            message: &r.message,
+                            mac_length: 0,
+                        },
+                        &r.mac,
+                    );
+                }
+            }
+        }
+        3 if may_write => {
+            if let Ok(r) = pb::SignInRequest::decode(body) {
+                if let Ok(s) = cv::sign_in(&r) {
+                    let _ = hsm.sign_in_unflushed("fuzz", s);
+                }
+            }
+        }
+        4 if may_write => {
+            if let Ok(r) = pb::GenerateKeyRequest::decode(body) {
+                if let Ok(g) = cv::generate_key(r) {
+                    let _ = hsm.generate_key("fuzz", g);
+                }
+            }
+        }
+        5 if may_write => {
+            if let Ok(r) = pb::ImportKeyComponentsRequest::decode(body) {
+                if let Ok(c) = cv::import_components(r) {
+                    let _ = hsm.import_key_components("fuzz", c);
+                }
+            }
+        }
+        6 if may_write => {
+            if let Ok(r) = pb::ImportKeyRequest::decode(body) {
+                if let Ok(i) = cv::import_key(r) {
+                    let _ = hsm.import_key("fuzz", i);
+                }
+            }
+        }
+        7 => {
+            if let Ok(r) = pb::ExportKeyRequest::decode(body) {
+                if let Ok(e) = cv::export_key(r) {
+                    let _ = hsm.export_key("fuzz", e);
+                }
+            }
+        }
+        8 if may_write => {
+            if let Ok(r) = pb::CreateTerminalRequest::decode(body) {
+                if let Ok(c) = cv::create_terminal(r) {
+                    let _ = hsm.create_terminal("fuzz", c);
+                }
+            }
+        }
+        9 => {
+            if let Ok(r) = pb::KeyRef::decode(body) {
+                if let Ok(k) = cv::key_ref(Some(&r), "key") {
+                    let _ = hsm.get_key(&k);
+                }
+            }
+        }
+        _ => {
+            if let Ok(r) = pb::ListKeysRequest::decode(body) {
+                if let Ok(t) = cv::list_keys_type(r.key_type) {
+                    let _ = hsm.list_keys(t, r.page_size as usize, &r.page_token);
+                }
+            }
+        }
+    }
+}

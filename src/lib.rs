@@ -33,6 +33,8 @@ pub mod devcerts;
 pub mod fuzzing;
 pub mod hsm;
 pub mod keys;
+pub mod payshield;
+pub mod pinpad;
 pub mod server;
 pub mod store;
 pub mod sys;

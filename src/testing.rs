@@ -36,8 +36,6 @@
 //! # }
 //! ```
 
-use crate::crypto::pinblock::{self, Pan, Pin, PinBlockFormat};
-use crate::crypto::{deskey, kcv, mac, random_bytes, Algorithm, Cipher};
 use crate::devcerts::{self, DevPki};
 use crate::hsm::{Hsm, HsmConfig};
 use crate::keys::Lmk;
@@ -46,185 +44,12 @@ use crate::server::{self, AccessConfig, TlsMaterial};
 use crate::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use tonic::transport::Channel;
-use zeroize::Zeroizing;
 
-/// Random TDES key parts with odd parity; three of them XOR to an odd-parity key.
-fn odd_parity_component() -> Vec<u8> {
-    let mut c = vec![0u8; 16];
-    random_bytes(&mut c);
-    deskey::adjust_odd_parity(&mut c);
-    c
-}
-
-/// The PIN pad of one terminal.
-pub struct TestTerminal {
-    pub terminal_id: String,
-    tmk: Zeroizing<Vec<u8>>,
-    pik: Option<Zeroizing<Vec<u8>>>,
-    mak: Option<Zeroizing<Vec<u8>>>,
-    tdk: Option<Zeroizing<Vec<u8>>>,
-}
-
-impl std::fmt::Debug for TestTerminal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestTerminal")
-            .field("terminal_id", &self.terminal_id)
-            .finish_non_exhaustive()
-    }
-}
-
-fn tdes_or_des(key: &[u8]) -> Result<Cipher, String> {
-    let alg = if key.len() == 8 {
-        Algorithm::Des
-    } else {
-        Algorithm::Tdes2
-    };
-    Cipher::new(alg, key).map_err(|e| e.to_string())
-}
-
-impl TestTerminal {
-    /// A terminal that knows `tmk` (a double-length TDES key).
-    pub fn new(terminal_id: &str, tmk: Vec<u8>) -> TestTerminal {
-        TestTerminal {
-            terminal_id: terminal_id.into(),
-            tmk: Zeroizing::new(tmk),
-            pik: None,
-            mak: None,
-            tdk: None,
-        }
-    }
-
-    /// A sign-in request for this terminal with TDK (UNIONPAY_004).
-    pub fn sign_in_request(&self) -> pb::SignInRequest {
-        pb::SignInRequest {
-            terminal_id: self.terminal_id.clone(),
-            include_tdk: true,
-            ..Default::default()
-        }
-    }
-
-    /// Decrypts field 62 under the TMK and checks every check value, as a
-    /// UnionPay terminal does (`layout` is the response's `Field62Layout`).
-    pub fn load_field62(&mut self, field62: &[u8], layout: i32) -> Result<(), String> {
-        let tmk = tdes_or_des(&self.tmk)?;
-        let l =
-            pb::Field62Layout::try_from(layout).map_err(|_| format!("unknown layout {layout}"))?;
-        // (key length, slot length) of PIK, MAK[, TDK]
-        let slots: Vec<(usize, usize)> = match l {
-            pb::Field62Layout::Unionpay001 => vec![(8, 8), (8, 8)],
-            pb::Field62Layout::Unionpay003 => vec![(16, 16), (8, 16)],
-            pb::Field62Layout::Unionpay004 => vec![(16, 16), (8, 16), (16, 16)],
-            pb::Field62Layout::DoubleMak if field62.len() == 60 => {
-                vec![(16, 16), (16, 16), (16, 16)]
-            }
-            pb::Field62Layout::DoubleMak => vec![(16, 16), (16, 16)],
-            other => {
-                return Err(format!(
-                    "TestTerminal plays a TDES PIN pad; layout {other:?} is not one"
-                ))
-            }
-        };
-        let mut pos = 0;
-        let mut keys = Vec::new();
-        for (klen, slot) in slots {
-            let ct = field62
-                .get(pos..pos + klen)
-                .ok_or("field 62 is too short")?;
-            let pad = field62
-                .get(pos + klen..pos + slot)
-                .ok_or("field 62 is too short")?;
-            if pad.iter().any(|b| *b != 0) {
-                return Err("field 62: the single-length MAK slot is not zero-padded".into());
-            }
-            pos += slot;
-            let mut key = Zeroizing::new(ct.to_vec());
-            tmk.ecb_decrypt(&mut key).map_err(|e| e.to_string())?;
-            let cv = field62.get(pos..pos + 4).ok_or("field 62 is too short")?;
-            pos += 4;
-            let expect = kcv::encrypt_zeros(&tdes_or_des(&key)?);
-            if expect[..4] != *cv {
-                return Err("field 62: a check value does not match its key (wrong TMK?)".into());
-            }
-            keys.push(key);
-        }
-        if pos != field62.len() {
-            return Err(format!(
-                "field 62 has {} bytes; the layout uses {pos}",
-                field62.len()
-            ));
-        }
-        let mut it = keys.into_iter();
-        self.pik = it.next();
-        self.mak = it.next();
-        self.tdk = it.next();
-        Ok(())
-    }
-
-    /// An ISO 9564 format 0 PIN block under the PIK, as the PIN pad sends it.
-    pub fn pin_block(&self, pin: &str, pan: &str) -> Result<Vec<u8>, String> {
-        let pik = self.pik.as_ref().ok_or("the terminal has not signed in")?;
-        let pin = Pin::parse(pin).map_err(|e| e.to_string())?;
-        let pan = Pan::parse(pan).map_err(|e| e.to_string())?;
-        pinblock::encipher(PinBlockFormat::Iso0, &tdes_or_des(pik)?, &pin, Some(&pan))
-            .map_err(|e| e.to_string())
-    }
-
-    /// The UnionPay POS ECB MAC of a message under the MAK (8 ASCII hex bytes).
-    pub fn mac(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        let mak = self.mak.as_ref().ok_or("the terminal has not signed in")?;
-        Ok(mac::unionpay_ecb(&tdes_or_des(mak)?, message))
-    }
-
-    /// Checks a response MAC (UnionPay ECB) in constant time.
-    pub fn check_mac(&self, message: &[u8], mac: &[u8]) -> bool {
-        match self.mac(message) {
-            Ok(m) => bool::from(m.as_slice().ct_eq(mac)),
-            Err(_) => false,
-        }
-    }
-
-    /// Track data encrypted under the TDK (ECB, zero-padded to 8 bytes).
-    pub fn encrypt_track(&self, data: &[u8]) -> Result<Vec<u8>, String> {
-        let tdk = self
-            .tdk
-            .as_ref()
-            .ok_or("no TDK: sign in with include_tdk")?;
-        let mut d = data.to_vec();
-        d.resize(data.len().div_ceil(8) * 8, 0);
-        tdes_or_des(tdk)?
-            .ecb_encrypt(&mut d)
-            .map_err(|e| e.to_string())?;
-        Ok(d)
-    }
-}
-
-/// The card network's side: it knows the ZPK and ZAK delivered to the mock.
-pub struct TestNetwork {
-    pub zpk_alias: String,
-    pub zak_alias: String,
-    zpk: Zeroizing<Vec<u8>>,
-    zak: Zeroizing<Vec<u8>>,
-}
-
-impl TestNetwork {
-    /// The PIN inside an ISO 0 block under the ZPK.
-    pub fn pin(&self, block: &[u8], pan: &str) -> Result<String, String> {
-        let pan = Pan::parse(pan).map_err(|e| e.to_string())?;
-        let c = tdes_or_des(&self.zpk)?;
-        let pin = pinblock::decipher(PinBlockFormat::Iso0, &c, block, Some(&pan))
-            .map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(pin.expose_digits()).into_owned())
-    }
-
-    /// The X9.19 (ISO 9797-1 alg. 3) MAC under the ZAK.
-    pub fn mac(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        Ok(mac::iso9797_alg3(&self.zak, message, mac::Padding::Method1)
-            .map_err(|e| e.to_string())?
-            .to_vec())
-    }
-}
+/// The PIN pad of the mock's terminal (see [`crate::pinpad::PinPad`]).
+pub type TestTerminal = crate::pinpad::PinPad;
+/// The card network's side (see [`crate::pinpad::NetworkPeer`]).
+pub type TestNetwork = crate::pinpad::NetworkPeer;
 
 /// A running in-process poshsm with ready clients.
 pub struct MockHsm {
@@ -291,10 +116,7 @@ impl MockHsm {
 
         // Keys with clear values known to the test parties, formed from components.
         let form = |t: pb::KeyType, alias: &'static str| {
-            let parts: Vec<Vec<u8>> = (0..3).map(|_| odd_parity_component()).collect();
-            let clear: Vec<u8> = (0..16)
-                .map(|i| parts[0][i] ^ parts[1][i] ^ parts[2][i])
-                .collect();
+            let (parts, clear) = crate::pinpad::tdes_components();
             let req = pb::ImportKeyComponentsRequest {
                 key_type: t as i32,
                 algorithm: pb::KeyAlgorithm::Tdes2key as i32,
@@ -330,13 +152,8 @@ impl MockHsm {
             addr,
             posp,
             admin,
-            terminal: TestTerminal::new("MOCK0001", tmk_clear),
-            network: TestNetwork {
-                zpk_alias: "mock-zpk".into(),
-                zak_alias: "mock-zak".into(),
-                zpk: Zeroizing::new(zpk),
-                zak: Zeroizing::new(zak),
-            },
+            terminal: TestTerminal::new("MOCK0001", &tmk_clear)?,
+            network: TestNetwork::new("mock-zpk", "mock-zak", &zpk, &zak)?,
             hsm,
             pki,
             shutdown: Some(tx),

@@ -33,3 +33,13 @@ fn the_mac_input_corpus_replays_without_a_panic() {
 fn the_config_corpus_replays_without_a_panic() {
     replay("config", poshsm::fuzzing::config);
 }
+
+#[test]
+fn the_payshield_frame_corpus_replays_without_a_panic() {
+    replay("payshield_frame", poshsm::fuzzing::payshield_frame);
+}
+
+#[test]
+fn the_core_request_corpus_replays_without_a_panic() {
+    replay("core_request", poshsm::fuzzing::core_request);
+}

@@ -7,7 +7,7 @@
 
 use super::client::{connect, ClientConfig};
 use crate::crypto::pinblock::{self, Pan, Pin, PinBlockFormat};
-use crate::crypto::{deskey, kcv, mac, random_bytes, Algorithm, Cipher};
+use crate::crypto::{random_bytes, Algorithm, Cipher};
 use crate::proto::{self as pb, crypto_client::CryptoClient, key_admin_client::KeyAdminClient};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -130,7 +130,7 @@ pub struct Summary {
     pub p99_service_us: Option<u32>,
 }
 
-fn pct(sorted: &[u32], p: f64) -> u32 {
+pub(crate) fn pct(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
     }
@@ -144,14 +144,7 @@ fn name(r: BenchRpc) -> String {
         .unwrap_or_default()
 }
 
-fn odd_component() -> Vec<u8> {
-    let mut c = vec![0u8; 16];
-    random_bytes(&mut c);
-    deskey::adjust_odd_parity(&mut c);
-    c
-}
-
-fn status_msg(s: &tonic::Status) -> String {
+pub(crate) fn status_msg(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
@@ -166,10 +159,7 @@ async fn make_fixtures(
     let suffix = hex::encode_upper(suffix);
     let mut admin = admin.clone();
     // A TMK formed from components the load generator knows, so it can play every PIN pad.
-    let parts: Vec<Vec<u8>> = (0..3).map(|_| odd_component()).collect();
-    let tmk_clear: Vec<u8> = (0..16)
-        .map(|i| parts[0][i] ^ parts[1][i] ^ parts[2][i])
-        .collect();
+    let (parts, tmk_clear) = crate::pinpad::tdes_components();
     let tmk = admin
         .import_key_components(pb::ImportKeyComponentsRequest {
             key_type: pb::KeyType::Tmk as i32,
@@ -203,12 +193,19 @@ async fn make_fixtures(
     let message: Vec<u8> = (0..args.message_size).map(|i| (i % 251) as u8).collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
+    let bar = super::backup::progress_bar(
+        n as u64,
+        "fixtures",
+        !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     for i in 0..n {
         let permit = sem
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
+        // A permit frees when a terminal is done: at most 64 behind the truth.
+        bar.set_position(i.saturating_sub(64) as u64);
         let mut admin = admin.clone();
         let mut posp = posp.clone();
         let tmk_id = tmk.key_id.clone();
@@ -245,29 +242,11 @@ async fn make_fixtures(
                 .await
                 .map_err(|e| format!("sign in: {}", status_msg(&e)))?
                 .into_inner();
-            // DOUBLE_MAK: PIK 16 ‖ CV 4 ‖ MAK 16 ‖ CV 4
-            let f = &r.field62;
-            if f.len() != 40 {
-                return Err(format!("field 62 of {} has {} bytes", tid, f.len()));
-            }
-            let mut pik = f[0..16].to_vec();
-            let mut mak = f[20..36].to_vec();
-            tmk_cipher
-                .ecb_decrypt(&mut pik)
-                .map_err(|e| e.to_string())?;
-            tmk_cipher
-                .ecb_decrypt(&mut mak)
-                .map_err(|e| e.to_string())?;
-            let pik = Cipher::new(Algorithm::Tdes2, &pik).map_err(|e| e.to_string())?;
-            if kcv::encrypt_zeros(&pik)[..4] != f[16..20] {
-                return Err("field 62 check value mismatch".into());
-            }
-            let mak = Cipher::new(Algorithm::Tdes2, &mak).map_err(|e| e.to_string())?;
-            let pin = Pin::parse("123456").map_err(|e| e.to_string())?;
-            let pan_p = Pan::parse(&pan).map_err(|e| e.to_string())?;
-            let pin_block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan_p))
-                .map_err(|e| e.to_string())?;
-            let mac = mac::unionpay_ecb(&mak, &message);
+            // The PIN pad's side, computed independently of the daemon.
+            let mut pad = crate::pinpad::PinPad::with_tmk(&tid, tmk_cipher);
+            pad.load_field62(&r.field62, r.layout)?;
+            let pin_block = pad.pin_block("123456", &pan)?;
+            let mac = pad.mac(&message)?;
             Ok::<_, String>(Fixture {
                 terminal_id: tid,
                 pin_block,
@@ -280,6 +259,7 @@ async fn make_fixtures(
     for t in tasks {
         terminals.push(t.await.map_err(|e| e.to_string())??);
     }
+    bar.finish_and_clear();
     Ok(Fixtures {
         zpk_alias: format!("bench-zpk-{suffix}"),
         zak_alias: format!("bench-zak-{suffix}"),
@@ -595,12 +575,9 @@ fn inprocess(args: &BenchArgs) -> Result<Summary, String> {
         crate::store::Store::temporary().map_err(|e| e.to_string())?,
         config,
     ));
-    let parts: Vec<zeroize::Zeroizing<Vec<u8>>> = (0..3)
-        .map(|_| zeroize::Zeroizing::new(odd_component()))
-        .collect();
-    let clear: Vec<u8> = (0..16)
-        .map(|i| parts[0][i] ^ parts[1][i] ^ parts[2][i])
-        .collect();
+    let (parts, clear) = crate::pinpad::tdes_components();
+    let parts: Vec<zeroize::Zeroizing<Vec<u8>>> =
+        parts.into_iter().map(zeroize::Zeroizing::new).collect();
     let spec = |t, a: &str| crate::hsm::GenerateKey {
         key_type: t,
         algorithm: Algorithm::Tdes2,

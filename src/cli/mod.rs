@@ -3,9 +3,11 @@
 //! commands over the gRPC API (never the store directly).
 
 pub mod admin;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod serve;
+pub mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -38,6 +40,10 @@ pub enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; bind to loopback or a private network).
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Also serve the payShield-compatible host-command port on ADDR (plain TCP unless
+        /// [payshield] tls = true: keep it on loopback; see docs/payshield.md).
+        #[arg(long)]
+        payshield_listen: Option<String>,
     },
     /// LMK ceremony.
     Lmk {
@@ -60,6 +66,14 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// A POSP and N terminals running a business day (sign-ins, purchases, expected failures)
+    /// against an in-process daemon, or a running one with --addr.
+    Simulate(simulate::SimulateArgs),
+    /// Offline: a consistent snapshot of a stopped node's store (key blocks, terminals, aliases,
+    /// audit chain, the LMK's KCV; no clear key).
+    Backup(backup::BackupArgs),
+    /// Offline: load a snapshot into an empty store whose data dir holds the same lmk.sealed.
+    Restore(backup::RestoreArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -85,6 +99,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             config,
             dev,
             metrics_listen,
+            payshield_listen,
         } => {
             serve::serve(serve::ServeOptions {
                 data_dir,
@@ -92,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 config,
                 dev,
                 metrics_listen,
+                payshield_listen,
             })
             .await
         }
@@ -110,6 +126,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Backup(args) => backup::run_backup(args).await,
+        Command::Restore(args) => backup::run_restore(args).await,
         Command::Populate {
             data_dir,
             terminals,

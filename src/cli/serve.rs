@@ -18,6 +18,8 @@ pub struct ConfigFile {
     /// Client certificate CN → role (`posp`, `admin`, `auditor`).
     pub access: Option<AccessConfig>,
     pub tls: TlsPaths,
+    /// The payShield-compatible host-command port (docs/payshield.md).
+    pub payshield: crate::payshield::PayshieldConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +42,8 @@ pub struct ServeOptions {
     pub dev: bool,
     /// Prometheus text at http://ADDR/metrics.
     pub metrics_listen: Option<String>,
+    /// The payShield port's address (switches it on; overrides `[payshield] listen`).
+    pub payshield_listen: Option<String>,
 }
 
 pub const SEALED_FILE: &str = "lmk.sealed";
@@ -235,9 +239,43 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         }
         None => None,
     };
+    let hsm = Arc::new(hsm);
+    let mut ps = config.payshield.clone();
+    if let Some(a) = &opts.payshield_listen {
+        ps.enabled = true;
+        ps.listen = a.clone();
+    }
+    if ps.enabled {
+        ps.validate()?;
+        let ps_tls = if ps.tls {
+            let or = |own: &Option<PathBuf>, daemon: &Option<PathBuf>, name: &str| {
+                own.clone().unwrap_or_else(|| pick(daemon, name))
+            };
+            Some(TlsMaterial {
+                ca_pem: read(or(&ps.tls_ca, &config.tls.ca, "ca.pem"))?,
+                cert_pem: read(or(&ps.tls_cert, &config.tls.cert, "server.pem"))?,
+                key_pem: read(or(&ps.tls_key, &config.tls.key, "server.key"))?,
+            })
+        } else {
+            None
+        };
+        let l = tokio::net::TcpListener::bind(&ps.listen)
+            .await
+            .map_err(|e| format!("cannot listen for payShield on {}: {e}", ps.listen))?;
+        let bound = l.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(addr = %bound, tls = ps.tls, "payShield host-command port");
+        println!("poshsm payshield listening on {bound}");
+        let served = hsm.clone();
+        tokio::spawn(async move {
+            let stop = shutdown_signal();
+            if let Err(e) = crate::payshield::serve(l, served, ps, ps_tls, stop).await {
+                tracing::error!(error = %e, "payShield port stopped");
+            }
+        });
+    }
     server::serve(
         listener,
-        Arc::new(hsm),
+        hsm,
         tls,
         config.access.unwrap_or_default(),
         metrics,

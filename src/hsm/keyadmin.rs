@@ -63,6 +63,9 @@ pub struct ExportedKey {
     pub kcv: String,
 }
 
+/// Most clear components one key is formed from (custodians enter two or three).
+pub const MAX_COMPONENTS: usize = 16;
+
 /// What a new stored key is: type, algorithm, alias, exportability.
 struct KeySpec<'a> {
     key_type: KeyType,
@@ -179,6 +182,13 @@ impl Hsm {
             return Err(err(
                 Reason::TooFewComponents,
                 format!("a key is formed from at least 2 components, got {n}"),
+            ));
+        }
+        if n > MAX_COMPONENTS {
+            // The pairwise duplicate check is quadratic: bound it.
+            return Err(err(
+                Reason::InvalidArgument,
+                format!("a key is formed from at most {MAX_COMPONENTS} components, got {n}"),
             ));
         }
         if !req.component_kcvs.is_empty() && req.component_kcvs.len() != n {
@@ -520,6 +530,23 @@ impl Hsm {
             ),
         )])?;
         Ok(out)
+    }
+
+    /// What a reference holds, without its bytes: type, algorithm and the upper-case
+    /// hex of the first `kcv_bytes` bytes of its check value (E(K, 0…0); AES-CMAC
+    /// for AES keys). Works for stateless key blocks too (the payShield port's BU).
+    pub fn describe_key(
+        &self,
+        r: &KeyRef,
+        kcv_bytes: usize,
+    ) -> Result<(KeyType, Algorithm, String), HsmError> {
+        self.check_ready()?;
+        let k = self.load(r)?;
+        Ok((
+            k.key_type(),
+            k.algorithm(),
+            kcv::kcv_hex(k.cipher(), kcv_bytes),
+        ))
     }
 
     /// The stored record behind a reference (for GetKey and friends).

@@ -29,6 +29,8 @@ pub struct TranslatePin {
 pub struct TranslatedPin {
     pub pin_block: Vec<u8>,
     pub dest_kcv: String,
+    /// Number of PIN digits (4–12): payShield's CA/CC answer carries it.
+    pub pin_len: usize,
 }
 
 impl Hsm {
@@ -100,11 +102,22 @@ impl Hsm {
             src.cipher(),
             &req.pin_block,
             pan.as_ref(),
-        )?;
+        )
+        .map_err(|e| match HsmError::from(e) {
+            // One message for every decode failure: which check failed (control
+            // field, length, digit, fill, padding) would sharpen the PIN-block
+            // oracle of Berkman & Ostrovsky's attacks.
+            e if e.reason == Reason::InvalidPinBlock => err(
+                Reason::InvalidPinBlock,
+                "invalid PIN block: it does not decode under the source key with this PAN and format",
+            ),
+            e => e,
+        })?;
         let out = pinblock::encipher(req.dest_format, dst.cipher(), &pin, pan.as_ref())?;
         Ok(TranslatedPin {
             pin_block: out.to_vec(),
             dest_kcv: dst.meta().kcv.clone(),
+            pin_len: pin.len(),
         })
     }
 }

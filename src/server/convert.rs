@@ -208,3 +208,168 @@ pub fn working_key(w: hsm::WorkingKeyOut) -> pb::WorkingKey {
         kcv: w.kcv,
     }
 }
+
+// ---- request conversions: one per RPC, shared by the services and the fuzzer ----
+
+pub fn translate_pin(r: pb::TranslatePinRequest) -> Result<hsm::TranslatePin, HsmError> {
+    let source = match r.source {
+        Some(pb::translate_pin_request::Source::TerminalId(t)) => hsm::PinKeySource::Terminal(t),
+        Some(pb::translate_pin_request::Source::SourceKey(k)) => {
+            hsm::PinKeySource::Key(key_ref(Some(&k), "source_key")?)
+        }
+        None => {
+            return Err(err(
+                Reason::InvalidArgument,
+                "give terminal_id or source_key",
+            ))
+        }
+    };
+    let source_format = pin_format(r.source_format, PinBlockFormat::Iso0)?;
+    Ok(hsm::TranslatePin {
+        source,
+        dest: key_ref(r.dest_key.as_ref(), "dest_key")?,
+        pin_block: r.pin_block,
+        pan: r.pan,
+        source_format,
+        dest_format: pin_format(r.dest_format, source_format)?,
+    })
+}
+
+fn mac_source(
+    terminal: Option<&String>,
+    key: Option<&pb::KeyRef>,
+) -> Result<hsm::MacKeySource, HsmError> {
+    match (terminal, key) {
+        (Some(t), _) => Ok(hsm::MacKeySource::Terminal(t.clone())),
+        (None, Some(k)) => Ok(hsm::MacKeySource::Key(key_ref(Some(k), "key")?)),
+        (None, None) => Err(err(Reason::InvalidArgument, "give terminal_id or key")),
+    }
+}
+
+/// Key source and algorithm of a GenerateMac request (the message stays in the request).
+pub fn generate_mac(
+    r: &pb::GenerateMacRequest,
+) -> Result<(hsm::MacKeySource, hsm::MacAlgorithm), HsmError> {
+    let source = match &r.key_source {
+        Some(pb::generate_mac_request::KeySource::TerminalId(t)) => mac_source(Some(t), None)?,
+        Some(pb::generate_mac_request::KeySource::Key(k)) => mac_source(None, Some(k))?,
+        None => mac_source(None, None)?,
+    };
+    Ok((source, mac_algorithm(r.algorithm)?))
+}
+
+/// Key source and algorithm of a VerifyMac request.
+pub fn verify_mac(
+    r: &pb::VerifyMacRequest,
+) -> Result<(hsm::MacKeySource, hsm::MacAlgorithm), HsmError> {
+    let source = match &r.key_source {
+        Some(pb::verify_mac_request::KeySource::TerminalId(t)) => mac_source(Some(t), None)?,
+        Some(pb::verify_mac_request::KeySource::Key(k)) => mac_source(None, Some(k))?,
+        None => mac_source(None, None)?,
+    };
+    Ok((source, mac_algorithm(r.algorithm)?))
+}
+
+pub fn sign_in(r: &pb::SignInRequest) -> Result<hsm::SignIn, HsmError> {
+    let source = match &r.tmk {
+        Some(k) if k.r#ref.is_some() => hsm::SignInSource::Tmk {
+            tmk: key_ref(Some(k), "tmk")?,
+            terminal_id: r.terminal_id.clone(),
+        },
+        _ => hsm::SignInSource::Terminal(r.terminal_id.clone()),
+    };
+    Ok(hsm::SignIn {
+        source,
+        algorithm: algorithm(r.algorithm)?,
+        include_tdk: r.include_tdk,
+        layout: layout(r.layout)?,
+        check_value_length: r.check_value_length as usize,
+    })
+}
+
+pub fn generate_key(r: pb::GenerateKeyRequest) -> Result<hsm::GenerateKey, HsmError> {
+    Ok(hsm::GenerateKey {
+        key_type: key_type(r.key_type)?,
+        algorithm: algorithm(r.algorithm)?.unwrap_or(Algorithm::Tdes2),
+        alias: r.alias,
+        exportable: r.exportable,
+    })
+}
+
+pub fn import_components(
+    r: pb::ImportKeyComponentsRequest,
+) -> Result<hsm::ImportComponents, HsmError> {
+    Ok(hsm::ImportComponents {
+        key_type: key_type(r.key_type)?,
+        algorithm: algorithm(r.algorithm)?.unwrap_or(Algorithm::Tdes2),
+        components: r
+            .components
+            .into_iter()
+            .map(zeroize::Zeroizing::new)
+            .collect(),
+        component_kcvs: r.component_kcvs,
+        alias: r.alias,
+        exportable: r.exportable,
+    })
+}
+
+pub fn import_key(r: pb::ImportKeyRequest) -> Result<hsm::ImportKey, HsmError> {
+    let wrapped = match r.wrapped {
+        Some(pb::import_key_request::Wrapped::Tr31KeyBlock(b)) => hsm::Wrapped::Tr31(b),
+        Some(pb::import_key_request::Wrapped::X917Ecb(b)) => hsm::Wrapped::X917Ecb(b),
+        None => {
+            return Err(err(
+                Reason::InvalidArgument,
+                "give tr31_key_block or x917_ecb",
+            ))
+        }
+    };
+    Ok(hsm::ImportKey {
+        key_type: key_type(r.key_type)?,
+        algorithm: algorithm(r.algorithm)?,
+        wrapping_key: key_ref(r.wrapping_key.as_ref(), "wrapping_key")?,
+        wrapped,
+        expected_kcv: r.expected_kcv,
+        alias: r.alias,
+        exportable: r.exportable,
+    })
+}
+
+pub fn export_key(r: pb::ExportKeyRequest) -> Result<hsm::ExportKey, HsmError> {
+    let format = match r.format.to_ascii_uppercase().as_str() {
+        "" | "TR31" | "TR-31" => hsm::ExportFormat::Tr31,
+        "X917_ECB" => hsm::ExportFormat::X917Ecb,
+        other => {
+            return Err(err(
+                Reason::InvalidArgument,
+                format!("format {other:?} is not TR31 or X917_ECB"),
+            ))
+        }
+    };
+    Ok(hsm::ExportKey {
+        key: key_ref(r.key.as_ref(), "key")?,
+        wrapping_key: key_ref(r.wrapping_key.as_ref(), "wrapping_key")?,
+        format,
+    })
+}
+
+pub fn create_terminal(r: pb::CreateTerminalRequest) -> Result<hsm::CreateTerminal, HsmError> {
+    let tmk = match &r.tmk {
+        Some(k) if k.r#ref.is_some() => Some(key_ref(Some(k), "tmk")?),
+        _ => None,
+    };
+    Ok(hsm::CreateTerminal {
+        terminal_id: r.terminal_id,
+        merchant_id: r.merchant_id,
+        tmk,
+        tmk_algorithm: algorithm(r.tmk_algorithm)?,
+    })
+}
+
+pub fn list_keys_type(v: i32) -> Result<Option<KeyType>, HsmError> {
+    if v == 0 {
+        Ok(None)
+    } else {
+        key_type(v).map(Some)
+    }
+}

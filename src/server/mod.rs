@@ -49,8 +49,27 @@ impl Default for AccessConfig {
     }
 }
 
+/// Longest status message sent. The message travels in HTTP/2 headers (twice:
+/// `grpc-message` and inside `grpc-status-details-bin`); an echoed 20,000-character
+/// key id or alias would exceed the client's header limits and tear down the
+/// whole connection (GOAWAY), failing every call multiplexed on it.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
 /// The one place an `HsmError` becomes a gRPC status: code by category,
-/// `ErrorInfo{reason, domain}` attached, the message as is (it never holds keys).
+/// `ErrorInfo{reason, domain}` attached, the message as is (it never holds keys)
+/// up to [`MAX_STATUS_MESSAGE`] bytes.
 pub fn status(e: HsmError) -> Status {
     let code = match e.category() {
         Category::InvalidArgument => Code::InvalidArgument,
@@ -63,10 +82,11 @@ pub fn status(e: HsmError) -> Status {
         Category::Unavailable => Code::Unavailable,
         Category::Internal => Code::Internal,
     };
+    let reason = e.code();
     Status::with_error_details(
         code,
-        e.message.clone(),
-        ErrorDetails::with_error_info(e.code(), ERROR_DOMAIN, HashMap::<String, String>::new()),
+        bounded(e.message),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new()),
     )
 }
 

@@ -4,14 +4,12 @@
 
 use super::convert as cv;
 use super::{status, Authz, Role};
-use crate::crypto::pinblock::PinBlockFormat;
 use crate::hsm::{self, Hsm, HsmError};
 use crate::proto as pb;
 use crate::store::audit::AuditDraft;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use zeroize::Zeroizing;
 
 const DATA_PLANE: &[Role] = &[Role::Posp, Role::Admin];
 const CONTROL: &[Role] = &[Role::Admin];
@@ -39,57 +37,17 @@ impl CryptoService {
     }
 }
 
-fn translate_req(r: pb::TranslatePinRequest) -> Result<hsm::TranslatePin, HsmError> {
-    let source = match r.source {
-        Some(pb::translate_pin_request::Source::TerminalId(t)) => hsm::PinKeySource::Terminal(t),
-        Some(pb::translate_pin_request::Source::SourceKey(k)) => {
-            hsm::PinKeySource::Key(cv::key_ref(Some(&k), "source_key")?)
-        }
-        None => {
-            return Err(hsm::err(
-                hsm::Reason::InvalidArgument,
-                "give terminal_id or source_key",
-            ))
-        }
-    };
-    let source_format = cv::pin_format(r.source_format, PinBlockFormat::Iso0)?;
-    Ok(hsm::TranslatePin {
-        source,
-        dest: cv::key_ref(r.dest_key.as_ref(), "dest_key")?,
-        pin_block: r.pin_block,
-        pan: r.pan,
-        source_format,
-        dest_format: cv::pin_format(r.dest_format, source_format)?,
-    })
-}
-
-fn mac_source(
-    terminal: Option<String>,
-    key: Option<pb::KeyRef>,
-) -> Result<hsm::MacKeySource, HsmError> {
-    match (terminal, key) {
-        (Some(t), _) => Ok(hsm::MacKeySource::Terminal(t)),
-        (None, Some(k)) => Ok(hsm::MacKeySource::Key(cv::key_ref(Some(&k), "key")?)),
-        (None, None) => Err(hsm::err(
-            hsm::Reason::InvalidArgument,
-            "give terminal_id or key",
-        )),
-    }
-}
-
 fn verify_one(hsm: &Hsm, r: pb::VerifyMacRequest) -> Result<bool, HsmError> {
-    let (t, k) = match r.key_source {
-        Some(pb::verify_mac_request::KeySource::TerminalId(t)) => (Some(t), None),
-        Some(pb::verify_mac_request::KeySource::Key(k)) => (None, Some(k)),
-        None => (None, None),
-    };
-    let req = hsm::MacRequest {
-        source: mac_source(t, k)?,
-        algorithm: cv::mac_algorithm(r.algorithm)?,
-        message: &r.message,
-        mac_length: 0,
-    };
-    hsm.verify_mac(&req, &r.mac)
+    let (source, algorithm) = cv::verify_mac(&r)?;
+    hsm.verify_mac(
+        &hsm::MacRequest {
+            source,
+            algorithm,
+            message: &r.message,
+            mac_length: 0,
+        },
+        &r.mac,
+    )
 }
 
 fn batch_error(e: HsmError) -> pb::BatchError {
@@ -108,21 +66,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         req: Request<pb::SignInRequest>,
     ) -> Result<Response<pb::SignInResponse>, Status> {
         let caller = self.authz.check(&req, DATA_PLANE, "sign terminals in")?;
-        let r = req.into_inner();
-        let source = match &r.tmk {
-            Some(k) if k.r#ref.is_some() => hsm::SignInSource::Tmk {
-                tmk: cv::key_ref(Some(k), "tmk").map_err(status)?,
-                terminal_id: r.terminal_id.clone(),
-            },
-            _ => hsm::SignInSource::Terminal(r.terminal_id.clone()),
-        };
-        let sreq = hsm::SignIn {
-            source,
-            algorithm: cv::algorithm(r.algorithm).map_err(status)?,
-            include_tdk: r.include_tdk,
-            layout: cv::layout(r.layout).map_err(status)?,
-            check_value_length: r.check_value_length as usize,
-        };
+        let sreq = cv::sign_in(req.get_ref()).map_err(status)?;
         let hsm = self.hsm.clone();
         let out = blocking(move || hsm.sign_in_unflushed(&caller.identity, sreq)).await?;
         // Durable before reply: the group flush covers this commit.
@@ -142,7 +86,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         req: Request<pb::TranslatePinRequest>,
     ) -> Result<Response<pb::TranslatePinResponse>, Status> {
         self.authz.check(&req, DATA_PLANE, "translate PINs")?;
-        let t = translate_req(req.into_inner()).map_err(status)?;
+        let t = cv::translate_pin(req.into_inner()).map_err(status)?;
         let out = self.hsm.translate_pin(&t).map_err(status)?;
         Ok(Response::new(pb::TranslatePinResponse {
             pin_block: out.pin_block,
@@ -156,14 +100,10 @@ impl pb::crypto_server::Crypto for CryptoService {
     ) -> Result<Response<pb::GenerateMacResponse>, Status> {
         self.authz.check(&req, DATA_PLANE, "generate MACs")?;
         let r = req.into_inner();
-        let (t, k) = match r.key_source {
-            Some(pb::generate_mac_request::KeySource::TerminalId(t)) => (Some(t), None),
-            Some(pb::generate_mac_request::KeySource::Key(k)) => (None, Some(k)),
-            None => (None, None),
-        };
+        let (source, algorithm) = cv::generate_mac(&r).map_err(status)?;
         let mreq = hsm::MacRequest {
-            source: mac_source(t, k).map_err(status)?,
-            algorithm: cv::mac_algorithm(r.algorithm).map_err(status)?,
+            source,
+            algorithm,
             message: &r.message,
             mac_length: r.mac_length as usize,
         };
@@ -198,7 +138,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         let results = items
             .into_iter()
             .map(|item| {
-                let r = translate_req(item).and_then(|t| self.hsm.translate_pin(&t));
+                let r = cv::translate_pin(item).and_then(|t| self.hsm.translate_pin(&t));
                 pb::TranslatePinResult {
                     result: Some(match r {
                         Ok(o) => pb::translate_pin_result::Result::Ok(pb::TranslatePinResponse {
@@ -278,15 +218,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         req: Request<pb::GenerateKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
         let actor = self.admin(&req, CONTROL, "GenerateKey")?;
-        let r = req.into_inner();
-        let g = hsm::GenerateKey {
-            key_type: cv::key_type(r.key_type).map_err(status)?,
-            algorithm: cv::algorithm(r.algorithm)
-                .map_err(status)?
-                .unwrap_or(crate::crypto::Algorithm::Tdes2),
-            alias: r.alias,
-            exportable: r.exportable,
-        };
+        let g = cv::generate_key(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
             blocking(move || hsm.generate_key(&actor, g)).await?,
@@ -298,17 +230,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         req: Request<pb::ImportKeyComponentsRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
         let actor = self.admin(&req, CONTROL, "ImportKeyComponents")?;
-        let r = req.into_inner();
-        let c = hsm::ImportComponents {
-            key_type: cv::key_type(r.key_type).map_err(status)?,
-            algorithm: cv::algorithm(r.algorithm)
-                .map_err(status)?
-                .unwrap_or(crate::crypto::Algorithm::Tdes2),
-            components: r.components.into_iter().map(Zeroizing::new).collect(),
-            component_kcvs: r.component_kcvs,
-            alias: r.alias,
-            exportable: r.exportable,
-        };
+        let c = cv::import_components(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
             blocking(move || hsm.import_key_components(&actor, c)).await?,
@@ -320,26 +242,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         req: Request<pb::ImportKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
         let actor = self.admin(&req, CONTROL, "ImportKey")?;
-        let r = req.into_inner();
-        let wrapped = match r.wrapped {
-            Some(pb::import_key_request::Wrapped::Tr31KeyBlock(b)) => hsm::Wrapped::Tr31(b),
-            Some(pb::import_key_request::Wrapped::X917Ecb(b)) => hsm::Wrapped::X917Ecb(b),
-            None => {
-                return Err(status(hsm::err(
-                    hsm::Reason::InvalidArgument,
-                    "give tr31_key_block or x917_ecb",
-                )))
-            }
-        };
-        let i = hsm::ImportKey {
-            key_type: cv::key_type(r.key_type).map_err(status)?,
-            algorithm: cv::algorithm(r.algorithm).map_err(status)?,
-            wrapping_key: cv::key_ref(r.wrapping_key.as_ref(), "wrapping_key").map_err(status)?,
-            wrapped,
-            expected_kcv: r.expected_kcv,
-            alias: r.alias,
-            exportable: r.exportable,
-        };
+        let i = cv::import_key(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
             blocking(move || hsm.import_key(&actor, i)).await?,
@@ -351,22 +254,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         req: Request<pb::ExportKeyRequest>,
     ) -> Result<Response<pb::ExportKeyResponse>, Status> {
         let actor = self.admin(&req, CONTROL, "ExportKey")?;
-        let r = req.into_inner();
-        let format = match r.format.to_ascii_uppercase().as_str() {
-            "" | "TR31" | "TR-31" => hsm::ExportFormat::Tr31,
-            "X917_ECB" => hsm::ExportFormat::X917Ecb,
-            other => {
-                return Err(status(hsm::err(
-                    hsm::Reason::InvalidArgument,
-                    format!("format {other:?} is not TR31 or X917_ECB"),
-                )))
-            }
-        };
-        let e = hsm::ExportKey {
-            key: cv::key_ref(r.key.as_ref(), "key").map_err(status)?,
-            wrapping_key: cv::key_ref(r.wrapping_key.as_ref(), "wrapping_key").map_err(status)?,
-            format,
-        };
+        let e = cv::export_key(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         let out = blocking(move || hsm.export_key(&actor, e)).await?;
         Ok(Response::new(pb::ExportKeyResponse {
@@ -381,17 +269,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         req: Request<pb::CreateTerminalRequest>,
     ) -> Result<Response<pb::TerminalInfo>, Status> {
         let actor = self.admin(&req, CONTROL, "CreateTerminal")?;
-        let r = req.into_inner();
-        let tmk = match &r.tmk {
-            Some(k) if k.r#ref.is_some() => Some(cv::key_ref(Some(k), "tmk").map_err(status)?),
-            _ => None,
-        };
-        let c = hsm::CreateTerminal {
-            terminal_id: r.terminal_id,
-            merchant_id: r.merchant_id,
-            tmk,
-            tmk_algorithm: cv::algorithm(r.tmk_algorithm).map_err(status)?,
-        };
+        let c = cv::create_terminal(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::terminal_info(
             blocking(move || hsm.create_terminal(&actor, c)).await?,
@@ -413,11 +291,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         self.admin(&req, READ_ONLY, "ListKeys")?;
         let r = req.into_inner();
-        let kt = if r.key_type == 0 {
-            None
-        } else {
-            Some(cv::key_type(r.key_type).map_err(status)?)
-        };
+        let kt = cv::list_keys_type(r.key_type).map_err(status)?;
         let hsm = self.hsm.clone();
         let (keys, next) =
             blocking(move || hsm.list_keys(kt, r.page_size as usize, &r.page_token)).await?;

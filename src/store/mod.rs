@@ -4,6 +4,7 @@
 //! before they answer. The store sees LMK key blocks only, never a clear key.
 
 pub mod audit;
+pub mod snapshot;
 
 use audit::{AuditDraft, AuditRecord, ChainVerifier};
 use serde::{Deserialize, Serialize};
