@@ -501,6 +501,16 @@ fn refusals_use_payshield_error_codes() {
     );
     // The port still answers.
     assert_eq!(&posp.call("NC")[..4], "ND00");
+    // A module in ALARM says so to the NC heartbeat and refuses crypto.
+    port.hsm.raise_alarm("test: simulated self-test failure");
+    assert_eq!(posp.call("NC"), "ND41");
+    assert_eq!(
+        posp.call(&format!(
+            "CAS{}S{}12{pb}0101{acct}",
+            tpk.key_block, zpk.key_block
+        )),
+        "CB41"
+    );
 }
 
 #[test]

@@ -68,7 +68,8 @@ pub struct HsmConfig {
     pub mac_grace_secs: u64,
     /// Largest message accepted for MAC generation/verification.
     pub max_mac_message: usize,
-    /// Unwrapped keys kept in locked memory.
+    /// Unwrapped keys kept in locked memory (about 2 KiB each; also bounds the
+    /// per-terminal cache). Size it to the working set: terminals × 2 keys.
     pub key_cache_capacity: usize,
     /// Per-terminal limit on PIN translations (the 安全触发 security trigger).
     pub pin_guard: guard::Limit,
@@ -83,7 +84,7 @@ impl Default for HsmConfig {
             allow_translate_to_iso1: false,
             mac_grace_secs: 300,
             max_mac_message: 64 * 1024,
-            key_cache_capacity: 8192,
+            key_cache_capacity: 65_536,
             pin_guard: guard::Limit::default(),
             mac_failure_guard: guard::Limit::default(),
         }

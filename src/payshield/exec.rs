@@ -66,6 +66,8 @@ pub fn writes(cmd: [u8; 2]) -> bool {
 /// Runs one command. `Ok` holds the response fields after the `00` error code.
 pub fn execute(hsm: &Hsm, actor: &str, nc_fields: &str, cmd: Command<'_>) -> R<Vec<u8>> {
     match cmd {
+        // A POSP's heartbeat: a module in ALARM says so.
+        Command::Nc if hsm.alarm().is_some() => Err(code::INTERNAL),
         Command::Nc => Ok(nc_fields.as_bytes().to_vec()),
         Command::Ca(t) | Command::Cc(t) => translate_pin(hsm, t),
         Command::M6(m) => generate_mac(hsm, m),
