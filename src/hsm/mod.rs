@@ -3,6 +3,7 @@
 //! gRPC, the CLI, the mock and the payShield port are adapters over it.
 //! It must never return, log or put in an error a clear key or a clear PIN.
 
+mod data;
 mod error;
 pub mod guard;
 mod keyadmin;
@@ -11,6 +12,7 @@ mod pin;
 pub mod selftest;
 mod terminal;
 
+pub use data::{DataKeySource, DataMode, MAX_DATA};
 pub use error::{err, Category, HsmError, Reason};
 pub use keyadmin::{
     ExportFormat, ExportKey, ExportedKey, GenerateKey, ImportComponents, ImportKey, Wrapped,

@@ -373,3 +373,51 @@ pub fn list_keys_type(v: i32) -> Result<Option<KeyType>, HsmError> {
         key_type(v).map(Some)
     }
 }
+
+pub fn data_mode(c: Option<&pb::DataCipher>) -> Result<hsm::DataMode, HsmError> {
+    let Some(c) = c else {
+        return Ok(hsm::DataMode::Ecb);
+    };
+    match pb::DataMode::try_from(c.mode) {
+        Ok(pb::DataMode::Unspecified) | Ok(pb::DataMode::Ecb) => Ok(hsm::DataMode::Ecb),
+        Ok(pb::DataMode::Cbc) => Ok(hsm::DataMode::Cbc(c.iv.clone())),
+        Err(_) => Err(err(
+            Reason::InvalidArgument,
+            format!("data mode {} is not ECB or CBC", c.mode),
+        )),
+    }
+}
+
+pub fn translate_data_source(
+    s: Option<&pb::translate_data_request::Source>,
+) -> Result<hsm::DataKeySource, HsmError> {
+    match s {
+        Some(pb::translate_data_request::Source::TerminalId(t)) => {
+            Ok(hsm::DataKeySource::Terminal(t.clone()))
+        }
+        Some(pb::translate_data_request::Source::SourceKey(k)) => {
+            Ok(hsm::DataKeySource::Key(key_ref(Some(k), "source_key")?))
+        }
+        None => Err(err(
+            Reason::InvalidArgument,
+            "give terminal_id or source_key",
+        )),
+    }
+}
+
+pub fn decrypt_data_source(
+    s: Option<&pb::decrypt_data_request::Source>,
+) -> Result<hsm::DataKeySource, HsmError> {
+    match s {
+        Some(pb::decrypt_data_request::Source::TerminalId(t)) => {
+            Ok(hsm::DataKeySource::Terminal(t.clone()))
+        }
+        Some(pb::decrypt_data_request::Source::SourceKey(k)) => {
+            Ok(hsm::DataKeySource::Key(key_ref(Some(k), "source_key")?))
+        }
+        None => Err(err(
+            Reason::InvalidArgument,
+            "give terminal_id or source_key",
+        )),
+    }
+}

@@ -32,6 +32,9 @@ pub enum Role {
     Admin,
     /// Read-only control plane: keys, terminals, audit, status.
     Auditor,
+    /// DecryptData to clear, and nothing else. No certificate has it unless the
+    /// config's `[access]` grants it explicitly.
+    DataDecrypt,
 }
 
 /// Certificate identity (subject CN) → role. Anything not listed is denied.

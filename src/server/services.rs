@@ -153,6 +153,41 @@ impl pb::crypto_server::Crypto for CryptoService {
         Ok(Response::new(pb::TranslatePinBatchResponse { results }))
     }
 
+    async fn translate_data(
+        &self,
+        req: Request<pb::TranslateDataRequest>,
+    ) -> Result<Response<pb::TranslateDataResponse>, Status> {
+        self.authz.check(&req, DATA_PLANE, "translate data")?;
+        let r = req.into_inner();
+        let source = cv::translate_data_source(r.source.as_ref()).map_err(status)?;
+        let sm = cv::data_mode(r.source_cipher.as_ref()).map_err(status)?;
+        let dm = cv::data_mode(r.dest_cipher.as_ref()).map_err(status)?;
+        let dest = cv::key_ref(r.dest_key.as_ref(), "dest_key").map_err(status)?;
+        let data = self
+            .hsm
+            .translate_data(&source, &sm, &dest, &dm, &r.data)
+            .map_err(status)?;
+        Ok(Response::new(pb::TranslateDataResponse { data }))
+    }
+
+    async fn decrypt_data(
+        &self,
+        req: Request<pb::DecryptDataRequest>,
+    ) -> Result<Response<pb::DecryptDataResponse>, Status> {
+        let caller = self
+            .authz
+            .check(&req, &[Role::DataDecrypt], "decrypt data to clear")?;
+        let r = req.into_inner();
+        let source = cv::decrypt_data_source(r.source.as_ref()).map_err(status)?;
+        let mode = cv::data_mode(r.cipher.as_ref()).map_err(status)?;
+        let hsm = self.hsm.clone();
+        let clear =
+            blocking(move || hsm.decrypt_data(&caller.identity, &source, &mode, &r.data)).await?;
+        Ok(Response::new(pb::DecryptDataResponse {
+            data: clear.to_vec(),
+        }))
+    }
+
     async fn verify_mac_batch(
         &self,
         req: Request<pb::VerifyMacBatchRequest>,

@@ -140,6 +140,13 @@ def handle(req):
         if not 4 <= n <= 12 or any(c != "A" for c in h[2 + n:16]):
             return {"pin": None}
         return {"pin": h[2:2 + n]}
+    if op == "cbc":
+        key = bytes.fromhex(req["key"])
+        alg = req.get("alg", "TDES")
+        algo = algorithms.SM4(key) if alg == "SM4" else (algorithms.AES(key) if alg == "AES" else tdes_or_des(key))
+        c = Cipher(algo, modes.CBC(bytes.fromhex(req["iv"])))
+        ctx = c.encryptor() if req.get("encrypt", True) else c.decryptor()
+        return {"data": (ctx.update(bytes.fromhex(req["data"])) + ctx.finalize()).hex().upper()}
     if op == "kcv":
         key = bytes.fromhex(req["key"])
         alg = req.get("alg", "TDES")
