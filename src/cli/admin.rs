@@ -1474,6 +1474,7 @@ async fn sign_in_cmd(c: &mut Clients, a: SignInArgs, j: bool, e: ErrFn<'_>) -> R
             layout: a.layout.map(|l| l as i32).unwrap_or(0),
             tmk: a.tmk.as_deref().map(key_ref),
             check_value_length: a.check_value_length.unwrap_or(0),
+            use_pending_tmk: false,
         })
         .await
         .map_err(e)?

@@ -48,6 +48,7 @@ pub enum Reason {
     WrappingKeyTooWeak,
     TerminalHasNoTmk,
     TerminalNotSignedIn,
+    NoPendingTmk,
     FormatTranslationRefused,
     SingleDesDisabled,
     UnknownKey,
@@ -89,6 +90,7 @@ impl Reason {
             WrappingKeyTooWeak => "WRAPPING_KEY_TOO_WEAK",
             TerminalHasNoTmk => "TERMINAL_HAS_NO_TMK",
             TerminalNotSignedIn => "TERMINAL_NOT_SIGNED_IN",
+            NoPendingTmk => "NO_PENDING_TMK",
             FormatTranslationRefused => "FORMAT_TRANSLATION_REFUSED",
             SingleDesDisabled => "SINGLE_DES_DISABLED",
             UnknownKey => "UNKNOWN_KEY",
@@ -116,6 +118,7 @@ impl Reason {
             | KeyRetired
             | WrappingKeyTooWeak
             | TerminalHasNoTmk
+            | NoPendingTmk
             | TerminalNotSignedIn
             | FormatTranslationRefused
             | SingleDesDisabled => Category::FailedPrecondition,

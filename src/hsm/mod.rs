@@ -20,7 +20,7 @@ pub use keyadmin::{
 pub use mac::{MacAlgorithm, MacKeySource, MacRequest};
 pub use pin::{PinKeySource, TranslatePin, TranslatedPin};
 pub use terminal::{
-    CreateTerminal, Field62Layout, SignIn, SignInResult, SignInSource, WorkingKeyOut,
+    CreateTerminal, Field62Layout, SignIn, SignInResult, SignInSource, TmkChange, WorkingKeyOut,
 };
 
 use crate::crypto::Algorithm;

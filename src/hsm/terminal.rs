@@ -39,6 +39,9 @@ pub struct CreateTerminal {
 pub enum SignInSource {
     /// A stored terminal.
     Terminal(String),
+    /// A stored terminal, signing in under its pending TMK (sent by
+    /// `change_terminal_tmk`), which this sign-in makes current.
+    TerminalPendingTmk(String),
     /// Stateless: the TMK given by reference; `terminal_id` is for the audit log only.
     Tmk { tmk: KeyRef, terminal_id: String },
 }
@@ -234,6 +237,7 @@ impl Hsm {
             created_unix: now,
             current: None,
             previous: None,
+            pending_tmk_key_id: String::new(),
         };
         batch.create_terminals.push(rec.clone());
         batch.audit.push(AuditDraft {
@@ -330,6 +334,15 @@ impl Hsm {
             SignInSource::Terminal(tid) => {
                 let t = self.get_terminal(tid)?;
                 let tmk = self.terminal_tmk(&t)?;
+                let tid = t.terminal_id.clone();
+                (Some(t), tmk, tid)
+            }
+            SignInSource::TerminalPendingTmk(tid) => {
+                let t = self.get_terminal(tid)?;
+                if t.pending_tmk_key_id.is_empty() {
+                    return Err(err(Reason::NoPendingTmk, format!("terminal {tid} has no pending TMK: send one with ChangeTerminalTmk first")));
+                }
+                let tmk = self.load(&KeyRef::Id(t.pending_tmk_key_id.clone()))?;
                 let tid = t.terminal_id.clone();
                 (Some(t), tmk, tid)
             }
@@ -441,6 +454,11 @@ impl Hsm {
                 }
             }
             let mut updated = t.clone();
+            if matches!(req.source, SignInSource::TerminalPendingTmk(_)) {
+                // The terminal proved it holds the new TMK: it becomes current.
+                updated.tmk_key_id = std::mem::take(&mut updated.pending_tmk_key_id);
+                updated.tmk_kcv = tmk.meta().kcv.clone();
+            }
             updated.previous = t.current.clone();
             updated.current = Some(set);
             updated.key_version = version;
@@ -529,5 +547,104 @@ impl Hsm {
         let tk = Arc::new(TerminalKeys { pik, mak, prev_mak });
         self.terminal_cache_put(&t.terminal_id, tk.clone());
         Ok(tk)
+    }
+}
+
+/// A new TMK for a terminal, encrypted under its current TMK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TmkChange {
+    /// The new TMK, ECB under the current TMK (the form terminals accept).
+    pub under_current_tmk: Vec<u8>,
+    /// First 4 bytes of E(new TMK, zeros).
+    pub check_value: Vec<u8>,
+    pub key_id: String,
+    pub kcv: String,
+}
+
+impl Hsm {
+    /// Remote TMK change (远程更新主密钥): generates a new TMK and returns it under
+    /// the terminal's current TMK. It stays *pending* — the old TMK keeps
+    /// working — until `confirm_terminal_tmk` or a sign-in under it, so a lost
+    /// response never strands the terminal. A newer change replaces an older pending one.
+    pub fn change_terminal_tmk(
+        &self,
+        actor: &str,
+        terminal_id: &str,
+    ) -> Result<TmkChange, HsmError> {
+        self.check_ready()?;
+        let t = self.get_terminal(terminal_id)?;
+        let cur = self.terminal_tmk(&t)?;
+        let alg = cur.algorithm();
+        let fresh = KeyMaterial::generate(alg)?;
+        let (rec, lk) = self.new_record(KeyType::Tmk, alg, fresh.expose(), false, "", 1)?;
+        let mut under = fresh.expose().to_vec();
+        cur.cipher().ecb_encrypt(&mut under)?;
+        let mut check_value = kcv::encrypt_zeros(lk.cipher());
+        check_value.truncate(4);
+        let mut updated = t.clone();
+        let mut batch = Batch::default();
+        if !t.pending_tmk_key_id.is_empty() {
+            batch.delete_keys.push(t.pending_tmk_key_id.clone());
+        }
+        updated.pending_tmk_key_id = rec.key_id.clone();
+        batch.audit.push(AuditDraft {
+            actor: actor.to_string(),
+            operation: "ChangeTerminalTmk".into(),
+            key_id: rec.key_id.clone(),
+            outcome: "OK".into(),
+            detail: format!(
+                "terminal={} current_tmk_kcv={} pending_tmk_kcv={}",
+                t.terminal_id,
+                cur.meta().kcv,
+                rec.kcv
+            ),
+        });
+        let out = TmkChange {
+            under_current_tmk: under,
+            check_value,
+            key_id: rec.key_id.clone(),
+            kcv: rec.kcv.clone(),
+        };
+        batch.put_keys.push(rec);
+        batch.update_terminals.push((updated, t.key_version));
+        self.commit(batch)?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// Makes the pending TMK current (the POSP saw the terminal accept it).
+    pub fn confirm_terminal_tmk(
+        &self,
+        actor: &str,
+        terminal_id: &str,
+    ) -> Result<TerminalInfo, HsmError> {
+        self.check_ready()?;
+        let t = self.get_terminal(terminal_id)?;
+        if t.pending_tmk_key_id.is_empty() {
+            return Err(err(
+                Reason::NoPendingTmk,
+                format!("terminal {} has no pending TMK to confirm", t.terminal_id),
+            ));
+        }
+        let new = self.load(&KeyRef::Id(t.pending_tmk_key_id.clone()))?;
+        let mut updated = t.clone();
+        updated.tmk_key_id = std::mem::take(&mut updated.pending_tmk_key_id);
+        updated.tmk_kcv = new.meta().kcv.clone();
+        self.commit(Batch {
+            update_terminals: vec![(updated.clone(), t.key_version)],
+            audit: vec![AuditDraft {
+                actor: actor.to_string(),
+                operation: "ConfirmTerminalTmk".into(),
+                key_id: updated.tmk_key_id.clone(),
+                outcome: "OK".into(),
+                detail: format!(
+                    "terminal={} old_tmk_kcv={} new_tmk_kcv={}",
+                    t.terminal_id, t.tmk_kcv, updated.tmk_kcv
+                ),
+            }],
+            ..Default::default()
+        })?;
+        self.flush()?;
+        Ok(updated)
     }
 }

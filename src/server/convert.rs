@@ -182,6 +182,7 @@ pub fn terminal_info(t: TerminalRecord) -> pb::TerminalInfo {
         key_version: t.key_version,
         last_sign_in_unix: t.last_sign_in_unix,
         created_unix: t.created_unix,
+        pending_tmk_key_id: t.pending_tmk_key_id,
     }
 }
 
@@ -276,6 +277,7 @@ pub fn sign_in(r: &pb::SignInRequest) -> Result<hsm::SignIn, HsmError> {
             tmk: key_ref(Some(k), "tmk")?,
             terminal_id: r.terminal_id.clone(),
         },
+        _ if r.use_pending_tmk => hsm::SignInSource::TerminalPendingTmk(r.terminal_id.clone()),
         _ => hsm::SignInSource::Terminal(r.terminal_id.clone()),
     };
     Ok(hsm::SignIn {

@@ -188,6 +188,36 @@ impl pb::crypto_server::Crypto for CryptoService {
         }))
     }
 
+    async fn change_terminal_tmk(
+        &self,
+        req: Request<pb::ChangeTerminalTmkRequest>,
+    ) -> Result<Response<pb::ChangeTerminalTmkResponse>, Status> {
+        let caller = self.authz.check(&req, DATA_PLANE, "change terminal TMKs")?;
+        let tid = req.into_inner().terminal_id;
+        let hsm = self.hsm.clone();
+        let c = blocking(move || hsm.change_terminal_tmk(&caller.identity, &tid)).await?;
+        Ok(Response::new(pb::ChangeTerminalTmkResponse {
+            under_current_tmk: c.under_current_tmk,
+            check_value: c.check_value,
+            key_id: c.key_id,
+            kcv: c.kcv,
+        }))
+    }
+
+    async fn confirm_terminal_tmk(
+        &self,
+        req: Request<pb::ConfirmTerminalTmkRequest>,
+    ) -> Result<Response<pb::TerminalInfo>, Status> {
+        let caller = self
+            .authz
+            .check(&req, DATA_PLANE, "confirm terminal TMKs")?;
+        let tid = req.into_inner().terminal_id;
+        let hsm = self.hsm.clone();
+        Ok(Response::new(cv::terminal_info(
+            blocking(move || hsm.confirm_terminal_tmk(&caller.identity, &tid)).await?,
+        )))
+    }
+
     async fn verify_mac_batch(
         &self,
         req: Request<pb::VerifyMacBatchRequest>,

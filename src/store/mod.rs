@@ -81,6 +81,9 @@ pub struct TerminalRecord {
     pub created_unix: i64,
     pub current: Option<WorkingSet>,
     pub previous: Option<WorkingSet>,
+    /// A TMK sent to the terminal under its current TMK, not yet confirmed.
+    #[serde(default)]
+    pub pending_tmk_key_id: String,
 }
 
 /// All the writes of one operation, applied atomically with its audit events.
