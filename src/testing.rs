@@ -7,32 +7,33 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use poshsm::proto::{SignInRequest, TranslatePinRequest, VerifyMacRequest, KeyRef, key_ref};
 //! use poshsm::proto::{translate_pin_request::Source, verify_mac_request::KeySource, MacAlgorithm};
 //!
-//! let mut mock = poshsm::testing::MockHsm::start().await.unwrap();
+//! let mut mock = poshsm::testing::MockHsm::start().await?;
 //! let mut posp = mock.posp.clone();
 //! // Morning: the terminal signs in and loads its working keys from field 62.
-//! let r = posp.sign_in(mock.terminal.sign_in_request()).await.unwrap().into_inner();
-//! mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+//! let r = posp.sign_in(mock.terminal.sign_in_request()).await?.into_inner();
+//! mock.terminal.load_field62(&r.field62, r.layout)?;
 //! // A purchase: the POSP verifies the request MAC and translates the PIN to the network.
 //! let msg = b"0200 purchase".to_vec();
 //! let ok = posp.verify_mac(VerifyMacRequest {
 //!     key_source: Some(KeySource::TerminalId(mock.terminal.terminal_id.clone())),
 //!     algorithm: MacAlgorithm::UnionpayEcb as i32, message: msg.clone(),
-//!     mac: mock.terminal.mac(&msg).unwrap(),
-//! }).await.unwrap().into_inner().valid;
+//!     mac: mock.terminal.mac(&msg)?,
+//! }).await?.into_inner().valid;
 //! assert!(ok);
 //! let pan = "6222020200112233445";
 //! let out = posp.translate_pin(TranslatePinRequest {
 //!     source: Some(Source::TerminalId(mock.terminal.terminal_id.clone())),
 //!     dest_key: Some(KeyRef { r#ref: Some(key_ref::Ref::Alias(mock.network.zpk_alias.clone())) }),
-//!     pin_block: mock.terminal.pin_block("123456", pan).unwrap(), pan: pan.into(),
+//!     pin_block: mock.terminal.pin_block("123456", pan)?, pan: pan.into(),
 //!     source_format: 0, dest_format: 0,
-//! }).await.unwrap().into_inner();
-//! assert_eq!(mock.network.pin(&out.pin_block, pan).unwrap(), "123456");
+//! }).await?.into_inner();
+//! assert_eq!(mock.network.pin(&out.pin_block, pan)?, "123456");
 //! mock.stop().await;
+//! # Ok(())
 //! # }
 //! ```
 
