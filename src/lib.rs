@@ -56,3 +56,35 @@ pub fn now_unix() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+/// RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`) for a Unix time (proleptic Gregorian; days to
+/// civil date after Howard Hinnant's `civil_from_days`).
+pub fn fmt_utc(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_formatting_matches_known_dates() {
+        // Reference values from `date -u -d @N` (GNU coreutils).
+        assert_eq!(super::fmt_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::fmt_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::fmt_utc(1_795_375_383), "2026-11-22T19:23:03Z");
+    }
+}

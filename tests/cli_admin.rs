@@ -395,3 +395,50 @@ fn missing_certificates_get_a_hint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--data-dir") || err.contains("--ca"), "{err}");
 }
+
+#[test]
+fn lmk_rotation_from_the_command_line() {
+    let d = Daemon::start();
+    let zpk = d.json(&["key", "generate", "--type", "zpk", "--alias", "zpk-lmk"]);
+    let old_block = s(&zpk, "key_block").to_string();
+    let st0 = d.json(&["lmk", "status"]);
+    assert_eq!(s(&st0, "previous_kcv"), "");
+    let kcv0 = s(&st0, "current_kcv").to_string();
+    assert_eq!(kcv0.len(), 16);
+
+    // Retiring needs a previous LMK, and --yes.
+    let out = d.run(&["lmk", "retire-previous"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NO_PREVIOUS_LMK"));
+
+    let r = d.json(&["lmk", "rotate", "--dev"]);
+    assert_eq!(s(&r, "previous_kcv"), kcv0);
+    assert!(r["keys_rewrapped"].as_u64().unwrap() >= 1);
+    let kcv1 = s(&r, "current_kcv").to_string();
+    assert_ne!(kcv1, kcv0);
+    // `status` shows the window in the human table.
+    let human = String::from_utf8_lossy(&d.run(&["status"]).stdout).to_string();
+    assert!(
+        human.contains(&format!("{kcv0} (migration window open since")),
+        "{human}"
+    );
+    // The stored key keeps its KCV; the caller's old block translates.
+    assert_eq!(
+        s(&d.json(&["key", "get", "zpk-lmk"]), "kcv"),
+        s(&zpk, "kcv")
+    );
+    let t = d.json(&["key", "translate-block", &old_block]);
+    let t = &t.as_array().unwrap()[0];
+    assert_eq!(t["translated"], true);
+    assert_eq!(s(t, "kcv"), s(&zpk, "kcv"));
+    assert_eq!(s(t, "lmk_kcv"), kcv1);
+
+    let out = d.run(&["lmk", "retire-previous"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("irreversible"));
+    let r = d.json(&["lmk", "retire-previous", "--yes"]);
+    assert_eq!(r["retired_kcvs"], serde_json::json!([kcv0]));
+    let out = d.run(&["key", "translate-block", &old_block]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[LMK_RETIRED]"));
+}

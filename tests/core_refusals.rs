@@ -1800,9 +1800,10 @@ fn a_key_block_from_another_modules_lmk_is_refused_as_wrong_lmk() {
         e.message
     );
     // Relabelling the block with our LMK's identity does not get it through its MAC.
-    let relabelled = zak
-        .key_block
-        .replace(theirs.lmk().kp_block(), ours.lmk().kp_block());
+    let relabelled = zak.key_block.replace(
+        theirs.lmks().current.kp_block(),
+        ours.lmks().current.kp_block(),
+    );
     assert_ne!(relabelled, zak.key_block);
     refused(
         mac(

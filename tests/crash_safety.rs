@@ -11,12 +11,13 @@
 //!   (the core keeps the current and the previous set and deletes older ones);
 //! - the audit hash chain verifies and the module reports OK.
 
+mod common;
+
+use common::daemon::Daemon;
 use poshsm::cli::client::{connect, ClientConfig};
 use poshsm::proto::{self as pb, crypto_client::CryptoClient, key_admin_client::KeyAdminClient};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,55 +26,6 @@ use tonic::Code;
 const TERMINALS: usize = 24;
 const CLIENTS: usize = 4;
 const ROUNDS: usize = 20;
-
-/// A running daemon; killed (SIGKILL) and reaped when dropped.
-struct Daemon {
-    child: Child,
-    addr: String,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_poshsm"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn poshsm");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = match line.trim().strip_prefix("poshsm listening on ") {
-            Some(a) => a.to_string(),
-            None => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("the daemon did not come up: {line:?} {status:?}")
-            }
-        };
-        Daemon {
-            child,
-            addr,
-            _stdout: stdout,
-        }
-    }
-
-    /// SIGKILL: no shutdown handler, no final flush.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(!status.success(), "killed, not exited: {status:?}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What a client was told by an acknowledged sign-in.
 #[derive(Clone, Debug)]

@@ -181,7 +181,7 @@ fn a_posp_day_over_the_payshield_port_checked_by_psec() {
     // NC: diagnostics.
     let nc = posp.call("NC");
     assert_eq!(&nc[..4], "ND00");
-    assert_eq!(&nc[4..20], hsm.lmk().kcv_hex(8));
+    assert_eq!(&nc[4..20], hsm.lmk_kcv(8));
     assert_eq!(
         nc.len(),
         4 + 16 + 9,

@@ -96,6 +96,11 @@ pub enum AdminCommand {
     },
     /// Module state (exits non-zero when the module is in ALARM).
     Status,
+    /// The LMK: rotate it, close the migration window, show it.
+    Lmk {
+        #[command(subcommand)]
+        command: LmkCommand,
+    },
     /// Data plane: sign a terminal in (fresh PIK/MAK[/TDK], field 62).
     SignIn(SignInArgs),
     /// Data plane: translate a PIN block from a terminal's PIK (or a key) to a ZPK.
@@ -209,6 +214,43 @@ pub enum KeyCommand {
     /// Replace a key by a new one of the same type and algorithm; the alias moves
     /// to the new key and the old one is retired.
     Rotate { key: String },
+    /// Re-wrap a key block held outside the daemon (e.g. a POSP's terminal table)
+    /// from the previous LMK to the current one, during an LMK migration window.
+    /// Blocks come from the argument, or one per line on stdin with `-`.
+    TranslateBlock { block: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LmkCommand {
+    /// Generate a new LMK and re-wrap every stored key under it (one durable step).
+    ///
+    /// The custodians enter the new LMK's passphrases (twice each, no echo), or
+    /// POSHSM_LMK_PASSPHRASES holds them one per line. The daemon seals the new
+    /// LMK (and the old one, kept as "previous") under them: give these
+    /// passphrases at the next start. Key blocks under the old LMK keep working
+    /// until `lmk retire-previous`; `key translate-block` moves them.
+    #[command(verbatim_doc_comment)]
+    Rotate {
+        /// Number of custodians for the new LMK.
+        #[arg(long, default_value_t = 2)]
+        custodians: usize,
+        /// The daemon runs with --dev: seal under the public dev passphrases.
+        #[arg(long)]
+        dev: bool,
+        /// Cluster: adopt the LMK another node made by its rotation (path of
+        /// that node's lmk.sealed) instead of generating one; same passphrases.
+        #[arg(long, value_name = "LMK_SEALED")]
+        adopt: Option<PathBuf>,
+    },
+    /// Close the migration window: blocks under the previous LMK are refused
+    /// (LMK_RETIRED) from now on. Irreversible.
+    RetirePrevious {
+        /// Confirm: the previous LMK is destroyed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The current LMK, any previous one and its window, retired LMKs.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -574,24 +616,7 @@ fn fmt_time(t: i64) -> String {
     if t == 0 {
         return "-".into();
     }
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    crate::fmt_utc(t)
 }
 
 fn type_name(v: i32) -> String {
@@ -756,6 +781,7 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
         AdminCommand::Terminal { command } => terminal_cmd(&mut c, command, j, &e).await,
         AdminCommand::Audit { command } => audit_cmd(&mut c, command, j, &e).await,
         AdminCommand::Status => status_cmd(&mut c, j, &e).await,
+        AdminCommand::Lmk { command } => lmk_cmd(&mut c, command, j, &e).await,
         AdminCommand::SignIn(a) => sign_in_cmd(&mut c, a, j, &e).await,
         AdminCommand::TranslatePin(a) => translate_cmd(&mut c, a, j, &e).await,
         AdminCommand::Mac { command } => mac_cmd(&mut c, command, j, &e).await,
@@ -935,7 +961,158 @@ async fn key_cmd(c: &mut Clients, cmd: KeyCommand, j: bool, e: ErrFn<'_>) -> Res
                 .into_inner();
             emit(j, &key_json(&k), || key_fields(&k));
         }
+        KeyCommand::TranslateBlock { block } => {
+            let blocks: Vec<String> = if block == "-" {
+                std::io::stdin()
+                    .lines()
+                    .map_while(Result::ok)
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            } else {
+                vec![block]
+            };
+            let mut out = Vec::new();
+            for b in blocks {
+                let t = c
+                    .crypto
+                    .translate_key_block(pb::TranslateKeyBlockRequest { key_block: b })
+                    .await
+                    .map_err(e)?
+                    .into_inner();
+                out.push(t);
+            }
+            let v = Value::Array(
+                out.iter()
+                    .map(|t| {
+                        json!({
+                            "key_block": t.key_block,
+                            "kcv": t.kcv,
+                            "key_type": type_name(t.key_type),
+                            "translated": t.translated,
+                            "lmk_kcv": t.lmk_kcv,
+                        })
+                    })
+                    .collect(),
+            );
+            emit(j, &v, || {
+                out.iter()
+                    .map(|t| format!("{}\n", t.key_block))
+                    .collect::<String>()
+            });
+        }
     }
+    Ok(())
+}
+
+fn lmk_json(l: &pb::LmkStatus) -> Value {
+    json!({
+        "current_kcv": l.current_kcv,
+        "previous_kcv": l.previous_kcv,
+        "window_opened_unix": l.window_opened_unix,
+        "retired_kcvs": l.retired_kcvs,
+    })
+}
+
+fn lmk_fields(l: &pb::LmkStatus) -> Vec<(&'static str, String)> {
+    vec![
+        ("lmk kcv", l.current_kcv.clone()),
+        (
+            "previous lmk",
+            if l.previous_kcv.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{} (migration window open since {})",
+                    l.previous_kcv,
+                    crate::fmt_utc(l.window_opened_unix)
+                )
+            },
+        ),
+        (
+            "retired lmks",
+            if l.retired_kcvs.is_empty() {
+                "-".into()
+            } else {
+                l.retired_kcvs.join(", ")
+            },
+        ),
+    ]
+}
+
+async fn lmk_cmd(c: &mut Clients, cmd: LmkCommand, j: bool, e: ErrFn<'_>) -> Result<(), String> {
+    let change = match cmd {
+        LmkCommand::Status => {
+            let s = c
+                .admin
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(e)?
+                .into_inner();
+            let l = s.lmk.unwrap_or_default();
+            emit(j, &lmk_json(&l), || fields(&lmk_fields(&l)));
+            return Ok(());
+        }
+        LmkCommand::Rotate {
+            custodians,
+            dev,
+            adopt,
+        } => {
+            let adopt_sealed_set = match &adopt {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| format!("error: read {}: {e}", p.display()))?,
+                None => String::new(),
+            };
+            let pw = if dev {
+                Vec::new()
+            } else {
+                // Adopting: the passphrases exist already, no confirmation.
+                super::serve::read_passphrases(custodians, adopt.is_none())?
+            };
+            let passphrases = pw
+                .iter()
+                .map(|p| secrecy::ExposeSecret::expose_secret(p).as_bytes().to_vec())
+                .collect();
+            let mut req = pb::RotateLmkRequest {
+                passphrases,
+                adopt_sealed_set,
+            };
+            let r = c.admin.rotate_lmk(req.clone()).await;
+            for p in &mut req.passphrases {
+                zeroize::Zeroize::zeroize(p);
+            }
+            r.map_err(e)?.into_inner()
+        }
+        LmkCommand::RetirePrevious { yes } => {
+            if !yes {
+                let s = c
+                    .admin
+                    .get_status(pb::GetStatusRequest {})
+                    .await
+                    .map_err(e)?
+                    .into_inner();
+                let prev = s.lmk.map(|l| l.previous_kcv).unwrap_or_default();
+                return Err(if prev.is_empty() {
+                    "error: there is no previous LMK to retire [NO_PREVIOUS_LMK]".into()
+                } else {
+                    format!("error: retiring LMK {prev} is irreversible: key blocks under it stop working. Re-run with --yes")
+                });
+            }
+            c.admin
+                .retire_previous_lmk(pb::RetirePreviousLmkRequest {})
+                .await
+                .map_err(e)?
+                .into_inner()
+        }
+    };
+    let l = change.lmk.unwrap_or_default();
+    let mut v = lmk_json(&l);
+    v["keys_rewrapped"] = json!(change.keys_rewrapped);
+    emit(j, &v, || {
+        let mut f = lmk_fields(&l);
+        f.push(("keys re-wrapped", change.keys_rewrapped.to_string()));
+        fields(&f)
+    });
     Ok(())
 }
 
@@ -1443,16 +1620,18 @@ async fn status_cmd(c: &mut Clients, j: bool, e: ErrFn<'_>) -> Result<(), String
         "version": s.version,
         "keys": s.keys,
         "terminals": s.terminals,
+        "lmk": lmk_json(&s.lmk.clone().unwrap_or_default()),
     });
     emit(j, &v, || {
-        fields(&[
+        let mut f = vec![
             ("state", s.state.clone()),
             ("reason", or_dash(&s.reason)),
-            ("lmk kcv", s.lmk_kcv.clone()),
             ("version", s.version.clone()),
             ("keys", s.keys.to_string()),
             ("terminals", s.terminals.to_string()),
-        ])
+        ];
+        f.extend(lmk_fields(&s.lmk.clone().unwrap_or_default()));
+        fields(&f)
     });
     if s.state == "OK" {
         Ok(())

@@ -9,7 +9,7 @@
 //!   yet; it verifies the snapshot completely before writing anything.
 
 use super::serve::SEALED_FILE;
-use crate::keys::SealedLmk;
+use crate::keys::LmkFile;
 use crate::store::audit::AuditDraft;
 use crate::store::snapshot::{self, Summary};
 use crate::store::{Batch, Store};
@@ -84,8 +84,8 @@ fn sealed_kcv(data_dir: &Path, role: &str) -> Result<String, String> {
             data_dir.display()
         ),
     })?;
-    let sealed = SealedLmk::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(sealed.kcv.to_ascii_uppercase())
+    let sealed = LmkFile::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(sealed.kcv().to_ascii_uppercase())
 }
 
 fn open_exclusive(db: &Path) -> Result<Store, String> {

@@ -2,7 +2,7 @@
 //! certificates, then `server::serve` until SIGTERM/SIGINT.
 
 use crate::hsm::{Hsm, HsmConfig};
-use crate::keys::lmk::{self, KdfParams, Lmk, SealedLmk};
+use crate::keys::lmk::{self, KdfParams, Lmk, LmkFile, SealedLmk};
 use crate::server::{self, AccessConfig, TlsMaterial};
 use crate::store::Store;
 use secrecy::SecretString;
@@ -91,22 +91,8 @@ pub fn read_passphrases(n: usize, confirm: bool) -> Result<Vec<SecretString>, St
 }
 
 fn write_sealed(path: &Path, sealed: &SealedLmk) -> Result<(), String> {
-    let tmp = path.with_extension("sealed.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&tmp)
-        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, sealed.to_json().as_bytes())
-        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+    lmk::write_file_atomic(path, &sealed.to_json())
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// `poshsm lmk init`: generates and seals a new LMK. Refuses to overwrite one.
@@ -151,21 +137,43 @@ pub fn dev_setup(data_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the module: unseals the LMK and opens the store (self-tests run in `Hsm::new`).
+/// Opens the module: finishes or abandons an LMK rotation a crash
+/// interrupted, unseals the LMK set, opens the store (self-tests run in
+/// `Hsm::with_lmks`) and audits any recovery.
 pub fn open_hsm(data_dir: &Path, dev: bool, config: HsmConfig) -> Result<Hsm, String> {
     let sealed_path = data_dir.join(SEALED_FILE);
-    let text = std::fs::read_to_string(&sealed_path).map_err(|e| {
-        format!("cannot read the sealed LMK {}: {e} (create one with `poshsm lmk init --data-dir {}`, or use --dev)", sealed_path.display(), data_dir.display())
-    })?;
-    let sealed = SealedLmk::from_json(&text).map_err(|e| e.to_string())?;
+    if !sealed_path.exists() {
+        return Err(format!("cannot read the sealed LMK {}: no such file (create one with `poshsm lmk init --data-dir {}`, or use --dev)", sealed_path.display(), data_dir.display()));
+    }
+    let store = Store::open(&data_dir.join("db")).map_err(|e| format!("open store: {e}"))?;
+    let recovery = crate::hsm::recover_lmk_file(&sealed_path, &store)?;
+    let text = std::fs::read_to_string(&sealed_path)
+        .map_err(|e| format!("cannot read the sealed LMK {}: {e}", sealed_path.display()))?;
+    let file = LmkFile::from_json(&text).map_err(|e| e.to_string())?;
     let pw = if dev {
         lmk::dev_passphrases()
     } else {
-        read_passphrases(sealed.custodians as usize, false)?
+        read_passphrases(file.current.custodians as usize, false)?
     };
-    let lmk = Lmk::unseal(&sealed, &pw).map_err(|e| e.to_string())?;
-    let store = Store::open(&data_dir.join("db")).map_err(|e| format!("open store: {e}"))?;
-    Ok(Hsm::new(lmk, store, config))
+    let lmks = file.unseal(&pw).map_err(|e| match e {
+        lmk::LmkError::UnsealFailed if file.previous.is_some() => format!(
+            "{e}. The LMK was rotated on {}: give the passphrases the custodians chose then",
+            crate::fmt_utc(file.previous_since_unix)
+        ),
+        e => e.to_string(),
+    })?;
+    drop(pw);
+    let sink = crate::hsm::LmkFileSink {
+        path: sealed_path,
+        kdf: file.current.kdf_params,
+        dev,
+    };
+    let hsm = Hsm::with_lmks(lmks, Some(sink), store, config);
+    if hsm.alarm().is_none() {
+        hsm.audit_lmk_recovery(&recovery)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(hsm)
 }
 
 async fn shutdown_signal() {

@@ -49,6 +49,9 @@ pub enum Reason {
     TerminalHasNoTmk,
     TerminalNotSignedIn,
     NoPendingTmk,
+    LmkRetired,
+    PreviousLmkActive,
+    NoPreviousLmk,
     FormatTranslationRefused,
     SingleDesDisabled,
     UnknownKey,
@@ -91,6 +94,9 @@ impl Reason {
             TerminalHasNoTmk => "TERMINAL_HAS_NO_TMK",
             TerminalNotSignedIn => "TERMINAL_NOT_SIGNED_IN",
             NoPendingTmk => "NO_PENDING_TMK",
+            LmkRetired => "LMK_RETIRED",
+            PreviousLmkActive => "PREVIOUS_LMK_ACTIVE",
+            NoPreviousLmk => "NO_PREVIOUS_LMK",
             FormatTranslationRefused => "FORMAT_TRANSLATION_REFUSED",
             SingleDesDisabled => "SINGLE_DES_DISABLED",
             UnknownKey => "UNKNOWN_KEY",
@@ -119,6 +125,9 @@ impl Reason {
             | WrappingKeyTooWeak
             | TerminalHasNoTmk
             | NoPendingTmk
+            | LmkRetired
+            | PreviousLmkActive
+            | NoPreviousLmk
             | TerminalNotSignedIn
             | FormatTranslationRefused
             | SingleDesDisabled => Category::FailedPrecondition,
@@ -184,6 +193,7 @@ impl From<KeyError> for HsmError {
     fn from(e: KeyError) -> Self {
         let reason = match &e {
             KeyError::WrongLmk { .. } => Reason::WrongLmk,
+            KeyError::LmkRetired { .. } => Reason::LmkRetired,
             KeyError::Crypto(c) => crypto_reason(c),
             _ => Reason::InvalidKeyBlock,
         };

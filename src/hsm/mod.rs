@@ -7,6 +7,7 @@ mod data;
 mod error;
 pub mod guard;
 mod keyadmin;
+mod lmkadmin;
 mod mac;
 mod pin;
 pub mod selftest;
@@ -17,6 +18,10 @@ pub use error::{err, Category, HsmError, Reason};
 pub use keyadmin::{
     ExportFormat, ExportKey, ExportedKey, GenerateKey, ImportComponents, ImportKey, Wrapped,
 };
+pub use lmkadmin::{
+    next_path as lmk_next_path, recover_lmk_file, LmkChange, LmkFileSink, LmkRecovery, LmkState,
+    TranslatedBlock,
+};
 pub use mac::{MacAlgorithm, MacKeySource, MacRequest};
 pub use pin::{PinKeySource, TranslatePin, TranslatedPin};
 pub use terminal::{
@@ -25,7 +30,7 @@ pub use terminal::{
 
 use crate::crypto::Algorithm;
 use crate::keys::cache::CachedKey;
-use crate::keys::{self, KeyCache, KeyMeta, KeyType, Lmk, LoadedKey};
+use crate::keys::{self, KeyCache, KeyMeta, KeyType, Lmk, LmkSet, LoadedKey};
 use crate::store::{
     audit::AuditDraft, Batch, KeyRecord, Store, TerminalRecord, RECORD_FORMAT, STATE_ACTIVE,
     STATE_RETIRED,
@@ -99,6 +104,7 @@ pub struct Status {
     pub state: &'static str,
     pub reason: String,
     pub lmk_kcv: String,
+    pub lmk: LmkState,
     pub version: &'static str,
     pub keys: u64,
     pub terminals: u64,
@@ -114,7 +120,16 @@ pub(crate) struct TerminalKeys {
 
 /// The HSM core. Cheap to share behind an `Arc`.
 pub struct Hsm {
-    lmk: Lmk,
+    /// Current (and, in a migration window, previous) LMK. Swapped whole by
+    /// RotateLmk / RetirePreviousLmk; readers clone the `Arc`.
+    lmks: RwLock<Arc<LmkSet>>,
+    /// Where the sealed LMK set lives (none for in-memory modules and tests).
+    lmk_file: Option<LmkFileSink>,
+    /// Every store commit holds this shared; an LMK change holds it exclusive,
+    /// so no commit straddles a change of LMK.
+    commit_gate: RwLock<()>,
+    /// Serialises LMK rotations and retirements.
+    lmk_admin: Mutex<()>,
     store: Arc<Store>,
     cache: KeyCache,
     terminals: Mutex<HashMap<String, Arc<TerminalKeys>>>,
@@ -129,7 +144,7 @@ pub struct Hsm {
 impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hsm")
-            .field("lmk", &self.lmk)
+            .field("lmk", &self.lmks().current)
             .finish_non_exhaustive()
     }
 }
@@ -160,13 +175,27 @@ impl Hsm {
     /// does not fail construction: the module comes up in ALARM and refuses
     /// crypto with `MODULE_ALARM`, so an operator can see why.
     pub fn new(lmk: Lmk, store: Store, config: HsmConfig) -> Hsm {
+        Hsm::with_lmks(LmkSet::single(lmk), None, store, config)
+    }
+
+    /// Builds the core over an LMK set and, for a daemon, the sealed file that
+    /// LMK rotations rewrite.
+    pub fn with_lmks(
+        lmks: LmkSet,
+        lmk_file: Option<LmkFileSink>,
+        store: Store,
+        config: HsmConfig,
+    ) -> Hsm {
         let hsm = Hsm {
             cache: KeyCache::new(config.key_cache_capacity),
             aliases: RwLock::new(HashMap::new()),
             pin_guard: guard::Guard::new(config.pin_guard),
             mac_guard: guard::Guard::new(config.mac_failure_guard),
             terminals: Mutex::new(HashMap::new()),
-            lmk,
+            lmks: RwLock::new(Arc::new(lmks)),
+            lmk_file,
+            commit_gate: RwLock::new(()),
+            lmk_admin: Mutex::new(()),
             store: Arc::new(store),
             config,
             alarm: RwLock::new(None),
@@ -182,8 +211,14 @@ impl Hsm {
         &self.config
     }
 
-    pub fn lmk(&self) -> &Lmk {
-        &self.lmk
+    /// The LMKs in force now (a snapshot: a rotation swaps the whole set).
+    pub fn lmks(&self) -> Arc<LmkSet> {
+        self.lmks.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Hex of the first `n` bytes of the current LMK's KCV.
+    pub fn lmk_kcv(&self, n: usize) -> String {
+        self.lmks().current.kcv_hex(n)
     }
 
     /// Store flushes performed so far (group commit), for metrics.
@@ -224,7 +259,8 @@ impl Hsm {
         Status {
             state: if alarm.is_some() { "ALARM" } else { "OK" },
             reason: alarm.unwrap_or_default(),
-            lmk_kcv: self.lmk.kcv_hex(3),
+            lmk_kcv: self.lmk_kcv(3),
+            lmk: self.lmk_state(),
             version: env!("CARGO_PKG_VERSION"),
             keys,
             terminals,
@@ -248,7 +284,21 @@ impl Hsm {
     }
 
     /// Commits a batch; a storage failure (not a logical conflict) raises the alarm.
-    pub(crate) fn commit(&self, batch: Batch) -> Result<(), HsmError> {
+    /// Key records whose block was wrapped before an LMK rotation (a call that
+    /// raced it) are re-wrapped under the current LMK first, so the store never
+    /// holds blocks of two LMKs.
+    pub(crate) fn commit(&self, mut batch: Batch) -> Result<(), HsmError> {
+        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
+        if !batch.put_keys.is_empty() {
+            let set = self.lmks();
+            for rec in &mut batch.put_keys {
+                let kp = keys::block_lmk_identity(&rec.key_block)?;
+                if kp.as_deref() != Some(set.current.kp_block()) {
+                    let (k, _) = keys::unwrap_from_set(&set, &rec.key_block)?;
+                    rec.key_block = keys::wrap_under_lmk(&set.current, &k)?;
+                }
+            }
+        }
         match self.store.commit(batch) {
             Ok(_) => Ok(()),
             Err(e @ crate::store::StoreError::Io(_)) => {
@@ -331,7 +381,7 @@ impl Hsm {
                         "key block is longer than 4096 characters",
                     ));
                 }
-                let k = keys::unwrap_from_lmk(&self.lmk, block)?;
+                let (k, _) = keys::unwrap_from_set(&self.lmks(), block)?;
                 if let Some(id) = &k.meta().key_id {
                     if let Some(rec) = self.store.get_key(id)? {
                         if rec.state == STATE_RETIRED {
@@ -355,10 +405,14 @@ impl Hsm {
         if rec.state == STATE_RETIRED {
             return Err(err(Reason::KeyRetired, format!("key {id} is retired")));
         }
-        let k = keys::unwrap_from_lmk(&self.lmk, &rec.key_block).map_err(|e| {
-            self.raise_alarm(format!("stored key {id} does not unwrap: {e}"));
-            HsmError::from(e)
-        })?;
+        // The record may have been read just before a rotation swapped the
+        // set: a block under the previous LMK is still good here.
+        let k = keys::unwrap_from_set(&self.lmks(), &rec.key_block)
+            .map(|(k, _)| k)
+            .map_err(|e| {
+                self.raise_alarm(format!("stored key {id} does not unwrap: {e}"));
+                HsmError::from(e)
+            })?;
         if k.meta().key_id.as_deref() != Some(id) {
             self.raise_alarm(format!("stored key {id} carries another key's block"));
             return Err(err(
@@ -407,7 +461,7 @@ impl Hsm {
             },
             clear,
         )?;
-        let key_block = keys::wrap_under_lmk(&self.lmk, &loaded)?;
+        let key_block = keys::wrap_under_lmk(&self.lmks().current, &loaded)?;
         let rec = KeyRecord {
             v: RECORD_FORMAT,
             key_id,

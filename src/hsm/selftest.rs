@@ -101,9 +101,10 @@ pub fn run(hsm: &Hsm) -> Result<(), String> {
         &h("0123456789ABCDEFFEDCBA9876543210"),
     )
     .map_err(|e| format!("LMK self-test: {e}"))?;
-    let block =
-        keys::wrap_under_lmk(hsm.lmk(), &probe).map_err(|e| format!("LMK self-test wrap: {e}"))?;
-    let back = keys::unwrap_from_lmk(hsm.lmk(), &block)
+    let lmks = hsm.lmks();
+    let block = keys::wrap_under_lmk(&lmks.current, &probe)
+        .map_err(|e| format!("LMK self-test wrap: {e}"))?;
+    let back = keys::unwrap_from_lmk(&lmks.current, &block)
         .map_err(|e| format!("LMK self-test unwrap: {e}"))?;
     // The TDES KCV of this key is published by psec (generate_kcv → 08D7).
     if back.meta().kcv != "08D7B4" || back.meta() != probe.meta() {
@@ -113,10 +114,11 @@ pub fn run(hsm: &Hsm) -> Result<(), String> {
     hsm.store()
         .verify_audit_chain()
         .map_err(|e| format!("audit chain: {e}"))?;
-    // Every stored key: the block unwraps under our LMK and agrees with its record.
+    // Every stored key: the block unwraps under the *current* LMK (a store
+    // holding blocks of two LMKs is a half-done rotation) and agrees with its record.
     hsm.store()
         .for_each_key(|rec| {
-            let k = keys::unwrap_from_lmk(hsm.lmk(), &rec.key_block).map_err(|e| {
+            let k = keys::unwrap_from_lmk(&lmks.current, &rec.key_block).map_err(|e| {
                 crate::store::StoreError::Corrupt {
                     tree: "keys",
                     problem: format!("key {}: {e}", rec.key_id),

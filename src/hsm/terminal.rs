@@ -389,7 +389,11 @@ impl Hsm {
                     },
                     fresh.expose(),
                 )?;
-                (keys::wrap_under_lmk(self.lmk(), &lk)?, String::new(), lk)
+                (
+                    keys::wrap_under_lmk(&self.lmks().current, &lk)?,
+                    String::new(),
+                    lk,
+                )
             };
             let mut under_tmk = fresh.expose().to_vec();
             if under_tmk.len() % tmk.cipher().block_len() != 0 {

@@ -172,6 +172,35 @@ impl Lmk {
         &self.inner.key
     }
 
+    /// A second handle on the same LMK (for the previous slot at rotation).
+    pub(crate) fn duplicate(&self) -> Lmk {
+        Lmk::from_bytes(&self.inner.key)
+    }
+
+    /// AES-CMAC over `text` under a key derived from this LMK (NIST SP 800-108
+    /// counter mode with AES-CMAC as the PRF, label "poshsm lmk-set"), so the
+    /// LMK itself never MACs anything but key blocks.
+    fn set_mac(&self, text: &str) -> String {
+        let derive = |i: u8| -> Vec<u8> {
+            let c = match Cipher::new(Algorithm::Aes256, &self.inner.key) {
+                Ok(c) => c,
+                Err(_) => return vec![0u8; 16],
+            };
+            let mut input = vec![i];
+            input.extend_from_slice(b"poshsm lmk-set\0");
+            input.extend_from_slice(&256u16.to_be_bytes());
+            crate::crypto::mac::cmac(&c, &input).to_vec()
+        };
+        let (d1, d2) = (Zeroizing::new(derive(1)), Zeroizing::new(derive(2)));
+        let mut k = Zeroizing::new([0u8; 32]);
+        k[..16].copy_from_slice(&d1[..16]);
+        k[16..].copy_from_slice(&d2[..16]);
+        match Cipher::new(Algorithm::Aes256, &k[..]) {
+            Ok(c) => hex::encode_upper(crate::crypto::mac::cmac(&c, text.as_bytes())),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Seals the LMK under the custodians' passphrases (in custodian order).
     pub fn seal(
         &self,
@@ -260,6 +289,246 @@ impl Lmk {
         }
         Ok(lmk)
     }
+}
+
+/// The `KP` optional-block value for an LMK of public KCV `kcv` (hex).
+pub fn kp_for_kcv(kcv: &str) -> String {
+    let k = kcv.to_ascii_uppercase();
+    format!("01{}", k.get(..KP_KCV_HEX).unwrap_or(&k))
+}
+
+/// Format tag of the LMK set file: the current LMK, the previous one during
+/// a rotation's migration window, and the identities of retired LMKs.
+pub const SET_FORMAT: &str = "poshsm-lmk-set/1";
+
+/// A retired LMK: only its public identity is kept, so its blocks can be
+/// refused with a clear reason (`LMK_RETIRED`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredLmk {
+    /// Hex of the first 8 bytes of the LMK's KCV.
+    pub kcv: String,
+    pub retired_unix: i64,
+}
+
+/// `DIR/lmk.sealed`: one or two sealed LMKs and the retired identities. The
+/// set's public fields are bound by `set_mac`, an AES-CMAC under a key
+/// derived from the current LMK, so a retired LMK cannot be slipped back in
+/// as "previous" by editing the file. A plain [`SealedLmk`] (the format
+/// `lmk init` writes) reads as a set with no previous LMK.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LmkFile {
+    pub format: String,
+    pub current: SealedLmk,
+    #[serde(default)]
+    pub previous: Option<SealedLmk>,
+    /// When the previous LMK's migration window opened (the rotation).
+    #[serde(default)]
+    pub previous_since_unix: i64,
+    #[serde(default)]
+    pub retired: Vec<RetiredLmk>,
+    #[serde(default)]
+    pub set_mac: String,
+}
+
+impl LmkFile {
+    /// Parses either format: an LMK set, or a single sealed LMK.
+    pub fn from_json(s: &str) -> Result<LmkFile, LmkError> {
+        let probe: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| LmkError::Malformed(e.to_string()))?;
+        match probe.get("format").and_then(|f| f.as_str()) {
+            Some(SET_FORMAT) => {
+                serde_json::from_value(probe).map_err(|e| LmkError::Malformed(e.to_string()))
+            }
+            _ => Ok(LmkFile::single(SealedLmk::from_json(s)?)),
+        }
+    }
+
+    pub fn single(current: SealedLmk) -> LmkFile {
+        LmkFile {
+            format: SET_FORMAT.to_string(),
+            current,
+            previous: None,
+            previous_since_unix: 0,
+            retired: Vec::new(),
+            set_mac: String::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // invariant: a struct of strings and integers always serializes
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The current LMK's public KCV (16 hex digits).
+    pub fn kcv(&self) -> &str {
+        &self.current.kcv
+    }
+
+    fn mac_input(&self) -> String {
+        let mut s = format!(
+            "{SET_FORMAT}|{}|{}|{}",
+            self.current.kcv,
+            self.previous
+                .as_ref()
+                .map(|p| p.kcv.as_str())
+                .unwrap_or("-"),
+            self.previous_since_unix
+        );
+        for r in &self.retired {
+            s.push_str(&format!("|{}:{}", r.kcv, r.retired_unix));
+        }
+        s
+    }
+
+    /// Computes `set_mac` under `current` (which must be this file's current LMK).
+    pub fn bind(&mut self, current: &Lmk) {
+        self.set_mac = current.set_mac(&self.mac_input());
+    }
+
+    /// Unseals the current LMK and, if present, the previous one (sealed under
+    /// the same passphrases at rotation), and checks the set's binding.
+    pub fn unseal(&self, passphrases: &[SecretString]) -> Result<LmkSet, LmkError> {
+        let current = Lmk::unseal(&self.current, passphrases)?;
+        let bound = self.previous.is_none() && self.retired.is_empty() && self.set_mac.is_empty();
+        if !bound {
+            let want = current.set_mac(&self.mac_input());
+            let ok: bool =
+                subtle::ConstantTimeEq::ct_eq(want.as_bytes(), self.set_mac.as_bytes()).into();
+            if !ok {
+                return Err(LmkError::Malformed(
+                    "the LMK set's previous/retired entries were changed outside poshsm (set_mac does not verify)".into(),
+                ));
+            }
+        }
+        let previous = match &self.previous {
+            Some(p) => Some(Lmk::unseal(p, passphrases)?),
+            None => None,
+        };
+        Ok(LmkSet {
+            current,
+            previous,
+            previous_since_unix: self.previous_since_unix,
+            retired: self.retired.clone(),
+        })
+    }
+}
+
+/// Where a key block's LMK identity puts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Generation {
+    Current,
+    /// The previous LMK, inside its migration window.
+    Previous,
+    /// A retired LMK (its 16-hex KCV).
+    Retired(String),
+    /// No LMK this module has known.
+    Unknown,
+}
+
+/// The LMKs a running module holds: the current one and, between
+/// `RotateLmk` and `RetirePreviousLmk`, the previous one.
+#[derive(Debug)]
+pub struct LmkSet {
+    pub current: Lmk,
+    pub previous: Option<Lmk>,
+    pub previous_since_unix: i64,
+    pub retired: Vec<RetiredLmk>,
+}
+
+impl LmkSet {
+    pub fn single(current: Lmk) -> LmkSet {
+        LmkSet {
+            current,
+            previous: None,
+            previous_since_unix: 0,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Classifies a block's `KP` value (`01` + 10 hex digits of an LMK KCV).
+    pub fn generation(&self, kp: &str) -> Generation {
+        if kp == self.current.kp_block() {
+            return Generation::Current;
+        }
+        if let Some(p) = &self.previous {
+            if kp == p.kp_block() {
+                return Generation::Previous;
+            }
+        }
+        let id = kp.get(2..).unwrap_or_default();
+        match self
+            .retired
+            .iter()
+            .find(|r| id.len() == KP_KCV_HEX && r.kcv.to_ascii_uppercase().starts_with(id))
+        {
+            Some(r) => Generation::Retired(r.kcv.clone()),
+            None => Generation::Unknown,
+        }
+    }
+
+    /// The LMK of a generation (current or previous).
+    pub fn lmk(&self, g: &Generation) -> Option<&Lmk> {
+        match g {
+            Generation::Current => Some(&self.current),
+            Generation::Previous => self.previous.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Seals the set under `passphrases` (both LMKs) and binds it.
+    pub fn seal(
+        &self,
+        passphrases: &[SecretString],
+        params: KdfParams,
+    ) -> Result<LmkFile, LmkError> {
+        let mut file = LmkFile {
+            format: SET_FORMAT.to_string(),
+            current: self.current.seal(passphrases, params)?,
+            previous: match &self.previous {
+                Some(p) => Some(p.seal(passphrases, params)?),
+                None => None,
+            },
+            previous_since_unix: self.previous_since_unix,
+            retired: self.retired.clone(),
+            set_mac: String::new(),
+        };
+        file.bind(&self.current);
+        Ok(file)
+    }
+}
+
+/// Writes `text` to `path` atomically and durably: a 0600 temporary file,
+/// fsync, rename, fsync of the directory. A crash leaves the old or the new file.
+pub fn write_file_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// fsyncs the directory holding `path` (so a rename or unlink is durable).
+pub fn sync_dir(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn derive_kek(
@@ -370,6 +639,61 @@ mod tests {
             lmk.seal(&pw(&["alone"]), KdfParams::DEV),
             Err(LmkError::TooFewCustodians { .. })
         ));
+    }
+
+    #[test]
+    fn a_set_file_round_trips_and_its_public_entries_cannot_be_edited() {
+        let pwd = pw(&["alpha-one", "bravo-two"]);
+        let set = LmkSet {
+            current: Lmk::generate(),
+            previous: Some(Lmk::generate()),
+            previous_since_unix: 1_700_000_000,
+            retired: vec![RetiredLmk {
+                kcv: "0123456789ABCDEF".into(),
+                retired_unix: 1_600_000_000,
+            }],
+        };
+        let file = set.seal(&pwd, KdfParams::DEV).unwrap();
+        let back = LmkFile::from_json(&file.to_json())
+            .unwrap()
+            .unseal(&pwd)
+            .unwrap();
+        assert_eq!(back.current.kcv_hex(16), set.current.kcv_hex(16));
+        assert_eq!(
+            back.previous.as_ref().unwrap().kcv_hex(16),
+            set.previous.as_ref().unwrap().kcv_hex(16)
+        );
+        assert_eq!(back.retired, set.retired);
+        assert_eq!(back.generation(set.current.kp_block()), Generation::Current);
+        assert_eq!(
+            back.generation(set.previous.as_ref().unwrap().kp_block()),
+            Generation::Previous
+        );
+        assert_eq!(
+            back.generation("010123456789"),
+            Generation::Retired("0123456789ABCDEF".into())
+        );
+        assert_eq!(back.generation("01FFFFFFFFFF"), Generation::Unknown);
+        // Dropping the retired entry, or moving the window, breaks the binding.
+        let mut edited = file.clone();
+        edited.retired.clear();
+        assert!(matches!(edited.unseal(&pwd), Err(LmkError::Malformed(_))));
+        let mut edited = file.clone();
+        edited.previous_since_unix += 1;
+        assert!(matches!(edited.unseal(&pwd), Err(LmkError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_single_sealed_lmk_file_reads_as_a_set_without_previous() {
+        let lmk = Lmk::generate();
+        let sealed = lmk
+            .seal(&pw(&["alpha-one", "bravo-two"]), KdfParams::DEV)
+            .unwrap();
+        let file = LmkFile::from_json(&sealed.to_json()).unwrap();
+        assert!(file.previous.is_none() && file.retired.is_empty());
+        let set = file.unseal(&pw(&["alpha-one", "bravo-two"])).unwrap();
+        assert_eq!(set.current.kcv_hex(8), lmk.kcv_hex(8));
+        assert_eq!(kp_for_kcv(&lmk.kcv_hex(8)), lmk.kp_block());
     }
 
     #[test]

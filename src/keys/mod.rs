@@ -13,7 +13,7 @@ use keyblocks::{Exportability, Header, KeyUsage, Version};
 use zeroize::Zeroize;
 
 pub use cache::KeyCache;
-pub use lmk::{Lmk, LmkError, SealedLmk};
+pub use lmk::{Generation, Lmk, LmkError, LmkFile, LmkSet, SealedLmk};
 pub use types::{KeyClass, KeyType};
 
 /// Proprietary optional block carrying our key type inside LMK blocks.
@@ -30,6 +30,8 @@ pub enum KeyError {
     InvalidBlock(String),
     #[error("key block was wrapped under another LMK (LMK check value {found}); this module's LMK is {ours}")]
     WrongLmk { found: String, ours: String },
+    #[error("key block was wrapped under LMK {kcv}, which has been retired: translate the module's current blocks (GetKey / SignIn) instead")]
+    LmkRetired { kcv: String },
     #[error("key block header is inconsistent: {0}")]
     Inconsistent(String),
     #[error(transparent)]
@@ -167,6 +169,40 @@ pub fn wrap_under_lmk(lmk: &Lmk, key: &LoadedKey) -> Result<String, KeyError> {
     let header = lmk_header(lmk, &key.meta)?;
     keyblocks::wrap(lmk.kbpk(), &header, key.clear(), None)
         .map_err(|e| KeyError::InvalidBlock(e.to_string()))
+}
+
+/// The LMK identity (`KP` optional block) a key block carries, if any.
+pub fn block_lmk_identity(block: &str) -> Result<Option<String>, KeyError> {
+    let header = Header::parse(block).map_err(|e| KeyError::InvalidBlock(e.to_string()))?;
+    Ok(header.optional(&OB_KBPK_KCV).map(str::to_string))
+}
+
+/// Unwraps a key block under whichever of the set's LMKs it names: the
+/// current one, or the previous one during its migration window. Returns the
+/// key and the generation it was found under; a retired LMK's block is
+/// refused with [`KeyError::LmkRetired`].
+pub fn unwrap_from_set(set: &LmkSet, block: &str) -> Result<(LoadedKey, Generation), KeyError> {
+    let kp = block_lmk_identity(block)?.ok_or_else(|| {
+        KeyError::InvalidBlock(
+            "key block carries no LMK identity (optional block KP): not an LMK block of this module".into(),
+        )
+    })?;
+    let generation = set.generation(&kp);
+    match set.lmk(&generation) {
+        Some(lmk) => Ok((unwrap_from_lmk(lmk, block)?, generation)),
+        None => match generation {
+            Generation::Retired(kcv) => Err(KeyError::LmkRetired { kcv }),
+            _ => Err(KeyError::WrongLmk {
+                found: kp.get(2..).unwrap_or(&kp).to_string(),
+                ours: set
+                    .current
+                    .kp_block()
+                    .get(2..)
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+        },
+    }
 }
 
 /// Unwraps an LMK key block: checks the LMK identity, the MAC (inside

@@ -211,7 +211,7 @@ pub async fn serve(
         .filter_map(|c| <[u8; 2]>::try_from(c.as_bytes()).ok())
         .collect();
     let shared = Arc::new(Shared {
-        nc_fields: format!("{}{}", hsm.lmk().kcv_hex(8), firmware_number()),
+        nc_fields: format!("{}{}", hsm.lmk_kcv(8), firmware_number()),
         hsm,
         header_len: config.header_len,
         max_frame: config.max_frame,

@@ -423,3 +423,33 @@ pub fn decrypt_data_source(
         )),
     }
 }
+
+pub fn lmk_status(s: hsm::LmkState) -> pb::LmkStatus {
+    pb::LmkStatus {
+        current_kcv: s.current_kcv,
+        previous_kcv: s.previous_kcv,
+        window_opened_unix: s.window_opened_unix,
+        retired_kcvs: s.retired_kcvs,
+    }
+}
+
+/// RotateLmk's passphrases: UTF-8, moved into zeroizing strings; the
+/// request's buffers are wiped.
+pub fn passphrases(mut raw: Vec<Vec<u8>>) -> Result<Vec<secrecy::SecretString>, HsmError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bad = None;
+    for (i, p) in raw.iter_mut().enumerate() {
+        match std::str::from_utf8(p) {
+            Ok(s) => out.push(secrecy::SecretString::from(s.to_string())),
+            Err(_) => bad = bad.or(Some(i + 1)),
+        }
+        zeroize::Zeroize::zeroize(p);
+    }
+    match bad {
+        Some(i) => Err(hsm::err(
+            hsm::Reason::InvalidArgument,
+            format!("custodian {i}'s passphrase is not UTF-8"),
+        )),
+        None => Ok(out),
+    }
+}

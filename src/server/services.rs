@@ -153,6 +153,23 @@ impl pb::crypto_server::Crypto for CryptoService {
         Ok(Response::new(pb::TranslatePinBatchResponse { results }))
     }
 
+    async fn translate_key_block(
+        &self,
+        req: Request<pb::TranslateKeyBlockRequest>,
+    ) -> Result<Response<pb::TranslateKeyBlockResponse>, Status> {
+        let caller = self.authz.check(&req, DATA_PLANE, "translate key blocks")?;
+        let block = req.into_inner().key_block;
+        let hsm = self.hsm.clone();
+        let t = blocking(move || hsm.translate_key_block(&caller.identity, &block)).await?;
+        Ok(Response::new(pb::TranslateKeyBlockResponse {
+            key_block: t.key_block,
+            kcv: t.kcv,
+            key_type: cv::key_type_to_pb(t.key_type) as i32,
+            translated: t.translated,
+            lmk_kcv: self.hsm.lmk_kcv(8),
+        }))
+    }
+
     async fn translate_data(
         &self,
         req: Request<pb::TranslateDataRequest>,
@@ -483,6 +500,36 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
             version: s.version.to_string(),
             keys: s.keys,
             terminals: s.terminals,
+            lmk: Some(cv::lmk_status(s.lmk)),
+        }))
+    }
+
+    async fn rotate_lmk(
+        &self,
+        req: Request<pb::RotateLmkRequest>,
+    ) -> Result<Response<pb::LmkChangeResponse>, Status> {
+        let actor = self.admin(&req, CONTROL, "RotateLmk")?;
+        let r = req.into_inner();
+        let pw = cv::passphrases(r.passphrases).map_err(status)?;
+        let adopt = Some(r.adopt_sealed_set).filter(|s| !s.is_empty());
+        let hsm = self.hsm.clone();
+        let c = blocking(move || hsm.rotate_lmk(&actor, pw, adopt.as_deref())).await?;
+        Ok(Response::new(pb::LmkChangeResponse {
+            lmk: Some(cv::lmk_status(c.state)),
+            keys_rewrapped: c.keys_rewrapped,
+        }))
+    }
+
+    async fn retire_previous_lmk(
+        &self,
+        req: Request<pb::RetirePreviousLmkRequest>,
+    ) -> Result<Response<pb::LmkChangeResponse>, Status> {
+        let actor = self.admin(&req, CONTROL, "RetirePreviousLmk")?;
+        let hsm = self.hsm.clone();
+        let c = blocking(move || hsm.retire_previous_lmk(&actor)).await?;
+        Ok(Response::new(pb::LmkChangeResponse {
+            lmk: Some(cv::lmk_status(c.state)),
+            keys_rewrapped: c.keys_rewrapped,
         }))
     }
 }

@@ -2,6 +2,12 @@
 //! `--data-dir` (DESIGN.md §4). Records are versioned JSON. Every multi-record
 //! change, with its audit events, is one sled transaction; callers flush
 //! before they answer. The store sees LMK key blocks only, never a clear key.
+//!
+//! The keys live in one *generation* of the keys tree: `keys` at first, then
+//! `keys@<LMK KCV>` after each LMK rotation. A rotation writes the next
+//! generation beside the live one and then flips one pointer (in sled's
+//! default tree, which snapshots do not copy): the flip is the commit point,
+//! so a crash leaves the old generation or the new one, whole.
 
 pub mod audit;
 pub mod snapshot;
@@ -10,7 +16,16 @@ use audit::{AuditDraft, AuditRecord, ChainVerifier};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+
+/// Key in sled's default tree naming the live generation of the keys tree.
+const KEYS_POINTER: &[u8] = b"poshsm.keys_tree";
+/// The first generation's tree name.
+const KEYS_FIRST: &str = "keys";
+
+fn is_keys_generation(name: &[u8]) -> bool {
+    name == KEYS_FIRST.as_bytes() || name.starts_with(b"keys@")
+}
 
 /// Format version of key and terminal records.
 pub const RECORD_FORMAT: u32 = 1;
@@ -112,7 +127,8 @@ struct AuditHead {
 /// The sled store. Open it once per process.
 pub struct Store {
     db: sled::Db,
-    keys: sled::Tree,
+    /// The live generation of the keys tree (swapped by an LMK rotation).
+    keys: RwLock<sled::Tree>,
     aliases: sled::Tree,
     terminals: sled::Tree,
     audit: sled::Tree,
@@ -219,7 +235,24 @@ impl Store {
     }
 
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
-        let keys = db.open_tree("keys")?;
+        let live = match db.get(KEYS_POINTER)? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => KEYS_FIRST.to_string(),
+        };
+        if !is_keys_generation(live.as_bytes()) {
+            return Err(corrupt(
+                "keys",
+                format!("the live keys tree is named {live:?}"),
+            ));
+        }
+        // Other generations are an abandoned rotation's or the one before the
+        // last rotation: nothing reads them any more.
+        for name in db.tree_names() {
+            if is_keys_generation(&name) && name.as_ref() != live.as_bytes() {
+                db.drop_tree(&name)?;
+            }
+        }
+        let keys = db.open_tree(&live)?;
         let aliases = db.open_tree("aliases")?;
         let terminals = db.open_tree("terminals")?;
         let audit = db.open_tree("audit")?;
@@ -245,7 +278,7 @@ impl Store {
         };
         Ok(Store {
             db,
-            keys,
+            keys: RwLock::new(keys),
             aliases,
             terminals,
             audit,
@@ -345,8 +378,13 @@ impl Store {
             .fsyncs
     }
 
+    /// The live keys tree (a cheap handle).
+    pub(crate) fn keys_tree(&self) -> sled::Tree {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        match self.keys.get(key_id.as_bytes())? {
+        match self.keys_tree().get(key_id.as_bytes())? {
             Some(v) => Ok(Some(decode("keys", key_id.as_bytes(), &v)?)),
             None => Ok(None),
         }
@@ -362,10 +400,11 @@ impl Store {
     /// Up to `limit` keys after `after` (exclusive), in key-id order.
     pub fn list_keys(&self, after: &str, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         let mut out = Vec::new();
+        let keys = self.keys_tree();
         let range = if after.is_empty() {
-            self.keys.range::<&[u8], _>(..)
+            keys.range::<&[u8], _>(..)
         } else {
-            self.keys.range::<&[u8], _>((
+            keys.range::<&[u8], _>((
                 std::ops::Bound::Excluded(after.as_bytes()),
                 std::ops::Bound::Unbounded,
             ))
@@ -385,7 +424,7 @@ impl Store {
         &self,
         mut f: impl FnMut(KeyRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for item in self.keys.iter() {
+        for item in self.keys_tree().iter() {
             let (k, v) = item?;
             f(decode("keys", &k, &v)?)?;
         }
@@ -435,7 +474,7 @@ impl Store {
     }
 
     pub fn counts(&self) -> (u64, u64) {
-        (self.keys.len() as u64, self.terminals.len() as u64)
+        (self.keys_tree().len() as u64, self.terminals.len() as u64)
     }
 
     /// Audit events with `seq >= since`, in order, at most `limit`.
@@ -466,6 +505,70 @@ impl Store {
             v.push(&rec).map_err(|p| corrupt("audit", p))?;
         }
         Ok(v.count())
+    }
+
+    /// LMK rotation, step 1: writes generation `generation` of the keys tree
+    /// beside the live one, every record passed through `f`, in bounded
+    /// batches, and flushes. Nothing reads it until [`Store::commit_key_generation`].
+    /// The caller keeps other writers of keys out meanwhile.
+    pub fn write_key_generation(
+        &self,
+        generation: &str,
+        mut f: impl FnMut(KeyRecord) -> Result<KeyRecord, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let name = format!("keys@{generation}");
+        let live = self.keys_tree();
+        if live.name().as_ref() == name.as_bytes() {
+            return Err(StoreError::Io(format!(
+                "key generation {name} is already the live one"
+            )));
+        }
+        let next = self.db.open_tree(&name)?;
+        next.clear()?;
+        let (mut n, mut batch, mut pending) = (0u64, sled::Batch::default(), 0usize);
+        for item in live.iter() {
+            let (k, v) = item?;
+            let rec = f(decode("keys", &k, &v)?)?;
+            batch.insert(k, encode(&rec));
+            n += 1;
+            pending += 1;
+            if pending == 4096 {
+                next.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        next.apply_batch(batch)?;
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// LMK rotation, step 2 — the commit point: makes `generation` the live
+    /// keys tree on disk (one pointer write, flushed). In memory the switch
+    /// happens in [`Store::use_key_generation`].
+    pub fn commit_key_generation(&self, generation: &str) -> Result<(), StoreError> {
+        let name = format!("keys@{generation}");
+        self.db.insert(KEYS_POINTER, name.as_bytes())?;
+        self.flush()
+    }
+
+    /// LMK rotation, step 3: readers move to the committed generation. The
+    /// previous one stays on disk until [`Store::drop_old_key_generations`]
+    /// (or the next start), so a reader holding it finishes undisturbed.
+    pub fn use_key_generation(&self, generation: &str) -> Result<(), StoreError> {
+        let next = self.db.open_tree(format!("keys@{generation}"))?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// Removes every generation of the keys tree but the live one.
+    pub fn drop_old_key_generations(&self) -> Result<(), StoreError> {
+        let live = self.keys_tree().name();
+        for name in self.db.tree_names() {
+            if is_keys_generation(&name) && name != live {
+                self.db.drop_tree(&name)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -505,7 +608,10 @@ impl Store {
             .iter()
             .map(|k| (k.key_id.clone(), encode(k)))
             .collect();
-        let result = (&self.keys, &self.aliases, &self.terminals, &self.audit).transaction(
+        // The core's commit gate keeps an LMK rotation's generation switch out
+        // while this runs, so the tree taken here stays the live one.
+        let keys = self.keys_tree();
+        let result = (&keys, &self.aliases, &self.terminals, &self.audit).transaction(
             |(keys, aliases, terminals, audit)| {
                 for (alias, id) in &batch.bind_aliases {
                     if let Some(existing) = aliases.get(alias.as_bytes())? {

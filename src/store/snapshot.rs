@@ -178,7 +178,7 @@ pub fn export(
             progress(*done);
         }
     };
-    for item in store.keys.iter() {
+    for item in store.keys_tree().iter() {
         let (k, v) = item.map_err(StoreError::from)?;
         let r = tree_value("keys", &k, &v)?;
         // A record that does not decode is corrupt: refuse rather than copy it.
@@ -485,7 +485,7 @@ pub fn verify(
 /// Records a snapshot of `store` will hold (for a progress bar; counts by iterating).
 pub fn record_count(store: &Store) -> u64 {
     [
-        &store.keys,
+        &store.keys_tree(),
         &store.aliases,
         &store.terminals,
         &store.audit,
@@ -498,7 +498,7 @@ pub fn record_count(store: &Store) -> u64 {
 
 /// True when no tree of the store holds a record.
 pub fn is_empty(store: &Store) -> bool {
-    store.keys.is_empty()
+    store.keys_tree().is_empty()
         && store.aliases.is_empty()
         && store.terminals.is_empty()
         && store.audit.is_empty()

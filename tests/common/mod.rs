@@ -2,6 +2,8 @@
 //! scripts (psec, `cryptography`) as independent implementations.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Stdio};
