@@ -95,11 +95,22 @@ pub(crate) enum Schedule {
     Sm4(sm4::Sm4),
 }
 
+/// The DES family's block path (`super::des_sp`); the RustCrypto schedule
+/// beside it serves CMAC, which needs the `cipher` traits. Kept inline (not
+/// boxed) so a cached key's round keys stay in its locked page.
+#[allow(clippy::large_enum_variant)]
+enum Fast {
+    None,
+    Des(super::des_sp::FastDes),
+    Tdes(super::des_sp::FastTdes),
+}
+
 /// A keyed block cipher. Build one per key with [`Cipher::new`] (or
 /// [`KeyMaterial::cipher`](super::KeyMaterial::cipher)) and reuse it: it is `Send + Sync`.
 pub struct Cipher {
     algorithm: Algorithm,
     schedule: Schedule,
+    fast: Fast,
 }
 
 impl fmt::Debug for Cipher {
@@ -154,9 +165,20 @@ impl Cipher {
             )),
             Algorithm::Sm4 => Schedule::Sm4(sm4::Sm4::new_from_slice(key).map_err(|_| bad_len())?),
         };
+        let fast = match alg {
+            Algorithm::Des => match <&[u8; 8]>::try_from(key) {
+                Ok(k) => Fast::Des(super::des_sp::FastDes::new(k)),
+                Err(_) => return Err(bad_len()),
+            },
+            Algorithm::Tdes2 | Algorithm::Tdes3 => {
+                Fast::Tdes(super::des_sp::FastTdes::new(key).ok_or_else(bad_len)?)
+            }
+            _ => Fast::None,
+        };
         Ok(Cipher {
             algorithm: alg,
             schedule,
+            fast,
         })
     }
 
@@ -200,16 +222,24 @@ impl Cipher {
 
     /// Encrypts one block whose length the caller has already checked.
     pub(crate) fn encrypt_checked(&self, block: &mut [u8]) {
-        // invariant: every caller passes exactly `self.block_len()` bytes, so
-        // `from_mut_slice` (which asserts the length) cannot panic.
-        on_block!(&self.schedule, encrypt_block, block)
+        match (&self.fast, <&mut [u8; 8]>::try_from(&mut *block)) {
+            (Fast::Tdes(t), Ok(b)) => t.encrypt(b),
+            (Fast::Des(d), Ok(b)) => d.encrypt(b),
+            // invariant: every caller passes exactly `self.block_len()` bytes, so
+            // `from_mut_slice` (which asserts the length) cannot panic.
+            _ => on_block!(&self.schedule, encrypt_block, block),
+        }
     }
 
     /// Decrypts one block whose length the caller has already checked.
     pub(crate) fn decrypt_checked(&self, block: &mut [u8]) {
-        // invariant: every caller passes exactly `self.block_len()` bytes, so
-        // `from_mut_slice` (which asserts the length) cannot panic.
-        on_block!(&self.schedule, decrypt_block, block)
+        match (&self.fast, <&mut [u8; 8]>::try_from(&mut *block)) {
+            (Fast::Tdes(t), Ok(b)) => t.decrypt(b),
+            (Fast::Des(d), Ok(b)) => d.decrypt(b),
+            // invariant: every caller passes exactly `self.block_len()` bytes, so
+            // `from_mut_slice` (which asserts the length) cannot panic.
+            _ => on_block!(&self.schedule, decrypt_block, block),
+        }
     }
 
     /// Encrypts exactly one block in place.

@@ -78,8 +78,8 @@ pub fn iso9797_alg1(cipher: &Cipher, data: &[u8], padding: Padding) -> Vec<u8> {
 /// then the final block through TDES EDE (K1, K2, K1) for 16-byte keys or
 /// (K1, K2, K3) for 24-byte keys.
 pub struct RetailMac {
-    k1: des::Des,
-    ede: des::TdesEde3,
+    k1: super::des_sp::FastDes,
+    ede: super::des_sp::FastTdes,
 }
 
 impl std::fmt::Debug for RetailMac {
@@ -92,7 +92,6 @@ impl RetailMac {
     /// `key` is `K1‖K2` (16 bytes) or `K1‖K2‖K3` (24 bytes). An 8-byte key is refused:
     /// X9.19 with K1 == K2 is plain X9.9; call [`iso9797_alg1`] for that explicitly.
     pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
-        use cipher::KeyInit;
         let bad = || CryptoError::UnusableKeyLength {
             operation: "ISO 9797-1 algorithm 3 (needs a 16- or 24-byte key)",
             actual: key.len(),
@@ -105,28 +104,29 @@ impl RetailMac {
         for (d, s) in ede_key.iter_mut().zip(key.iter().chain(key.iter())) {
             *d = *s;
         }
-        let k1 =
-            des::Des::new_from_slice(ede_key.get(..8).unwrap_or_default()).map_err(|_| bad())?;
-        let ede = des::TdesEde3::new_from_slice(ede_key.as_slice()).map_err(|_| bad())?;
+        let k1: &[u8; 8] = ede_key
+            .get(..8)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(bad)?;
+        let k1 = super::des_sp::FastDes::new(k1);
+        let ede = super::des_sp::FastTdes::new(ede_key.as_slice()).ok_or_else(bad)?;
         Ok(RetailMac { k1, ede })
     }
 
     /// The full 8-byte MAC of `data` padded with `padding`.
     pub fn compute(&self, data: &[u8], padding: Padding) -> [u8; 8] {
-        use cipher::generic_array::GenericArray;
-        use cipher::BlockEncrypt;
         // Run CBC under K1, remembering the input of the last encryption so the final
         // block can be redone under TDES instead.
-        let mut state = GenericArray::from([0u8; 8]);
-        let mut last_input = GenericArray::from([0u8; 8]);
+        let mut state = [0u8; 8];
+        let mut last_input = [0u8; 8];
         for_each_padded_block(data, 8, padding, |block| {
             last_input = state;
             xor_in_place(&mut last_input, block);
             state = last_input;
-            self.k1.encrypt_block(&mut state);
+            self.k1.encrypt(&mut state);
         });
-        self.ede.encrypt_block(&mut last_input);
-        last_input.into()
+        self.ede.encrypt(&mut last_input);
+        last_input
     }
 }
 

@@ -17,6 +17,7 @@
 //!   CMAC (NIST SP 800-38B) and a constant-time comparison.
 
 pub mod cipher;
+mod des_sp;
 pub mod deskey;
 mod error;
 pub mod kcv;
