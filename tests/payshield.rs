@@ -371,6 +371,13 @@ fn a_posp_day_over_the_payshield_port_checked_by_psec() {
         m6_tak2[4..],
         "the A6-imported TAK MACs as psec's"
     );
+
+    // NC follows an LMK rotation (the check value is read per call).
+    let before = hsm.lmk_kcv(8);
+    hsm.rotate_lmk("test", Vec::new(), None).unwrap();
+    let nc = posp.call("NC");
+    assert_ne!(hsm.lmk_kcv(8), before);
+    assert_eq!(&nc[4..20], hsm.lmk_kcv(8));
 }
 
 #[test]

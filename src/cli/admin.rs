@@ -1066,22 +1066,26 @@ async fn lmk_cmd(c: &mut Clients, cmd: LmkCommand, j: bool, e: ErrFn<'_>) -> Res
             let pw = if dev {
                 Vec::new()
             } else {
+                if std::env::var_os("POSHSM_LMK_PASSPHRASES").is_some() {
+                    eprintln!("note: the new LMK's passphrases come from POSHSM_LMK_PASSPHRASES (not typed by the custodians)");
+                }
                 // Adopting: the passphrases exist already, no confirmation.
                 super::serve::read_passphrases(custodians, adopt.is_none())?
             };
+            // The request (and prost's encoding of it) is the one copy that
+            // leaves; `pw` wipes itself on drop.
             let passphrases = pw
                 .iter()
                 .map(|p| secrecy::ExposeSecret::expose_secret(p).as_bytes().to_vec())
                 .collect();
-            let mut req = pb::RotateLmkRequest {
-                passphrases,
-                adopt_sealed_set,
-            };
-            let r = c.admin.rotate_lmk(req.clone()).await;
-            for p in &mut req.passphrases {
-                zeroize::Zeroize::zeroize(p);
-            }
-            r.map_err(e)?.into_inner()
+            c.admin
+                .rotate_lmk(pb::RotateLmkRequest {
+                    passphrases,
+                    adopt_sealed_set,
+                })
+                .await
+                .map_err(e)?
+                .into_inner()
         }
         LmkCommand::RetirePrevious { yes } => {
             if !yes {

@@ -71,6 +71,13 @@ pub(crate) fn progress_bar(len: u64, msg: &str, hidden: bool) -> ProgressBar {
 /// The public KCV recorded in `DIR/lmk.sealed`.
 fn sealed_kcv(data_dir: &Path, role: &str) -> Result<String, String> {
     let path = data_dir.join(SEALED_FILE);
+    let next = crate::hsm::lmk_next_path(&path);
+    if next.exists() {
+        return Err(format!(
+            "{} exists: an LMK rotation was interrupted. Start the daemon once (it finishes or abandons the rotation), stop it, then run this again",
+            next.display()
+        ));
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| match role {
         "restore" => format!(
             "cannot read {}: {e}. Copy the source node's sealed LMK first \

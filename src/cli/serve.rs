@@ -155,7 +155,7 @@ pub fn open_hsm(data_dir: &Path, dev: bool, config: HsmConfig) -> Result<Hsm, St
     } else {
         read_passphrases(file.current.custodians as usize, false)?
     };
-    let lmks = file.unseal(&pw).map_err(|e| match e {
+    let mut lmks = file.unseal(&pw).map_err(|e| match e {
         lmk::LmkError::UnsealFailed if file.previous.is_some() => format!(
             "{e}. The LMK was rotated on {}: give the passphrases the custodians chose then",
             crate::fmt_utc(file.previous_since_unix)
@@ -163,15 +163,17 @@ pub fn open_hsm(data_dir: &Path, dev: bool, config: HsmConfig) -> Result<Hsm, St
         e => e.to_string(),
     })?;
     drop(pw);
+    let re_retired = crate::hsm::reconcile_retired(&sealed_path, &mut lmks, &store)?;
     let sink = crate::hsm::LmkFileSink {
         path: sealed_path,
         kdf: file.current.kdf_params,
         dev,
     };
     let hsm = Hsm::with_lmks(lmks, Some(sink), store, config);
-    if hsm.alarm().is_none() {
-        hsm.audit_lmk_recovery(&recovery)
-            .map_err(|e| e.to_string())?;
+    // A module in ALARM (e.g. a broken audit chain) may refuse the write:
+    // the recovery is in the log then, and the daemon still starts to show why.
+    if let Err(e) = hsm.audit_lmk_recovery(&recovery, re_retired.as_deref()) {
+        tracing::error!(error = %e, ?recovery, "the LMK recovery at start could not be audited");
     }
     Ok(hsm)
 }

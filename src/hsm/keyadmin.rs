@@ -149,9 +149,9 @@ impl Hsm {
                 .push((alias.to_string(), rec.key_id.clone()));
         }
         batch.put_keys.push(rec.clone());
-        self.commit(batch)?;
+        let mut committed = self.commit(batch)?;
         self.flush()?;
-        Ok(rec)
+        Ok(committed.pop().unwrap_or(rec))
     }
 
     pub fn generate_key(&self, actor: &str, req: GenerateKey) -> Result<KeyInfo, HsmError> {
@@ -625,10 +625,10 @@ impl Hsm {
             batch.unbind_aliases.push(rec.alias.clone());
         }
         batch.put_keys.push(rec.clone());
-        self.commit(batch)?;
+        let mut committed = self.commit(batch)?;
         self.flush()?;
         self.forget_key(&rec.key_id);
-        Ok(rec)
+        Ok(committed.pop().unwrap_or(rec))
     }
 
     /// Generates a successor of the same type and algorithm, moves the alias to
@@ -686,9 +686,9 @@ impl Hsm {
         }
         batch.put_keys.push(old.clone());
         batch.put_keys.push(new.clone());
-        self.commit(batch)?;
+        let mut committed = self.commit(batch)?;
         self.flush()?;
         self.forget_key(&old.key_id);
-        Ok(new)
+        Ok(committed.pop().unwrap_or(new))
     }
 }

@@ -69,6 +69,8 @@ pub struct TranslatedBlock {
     pub key_type: KeyType,
     /// False when the block was already under the current LMK (returned as is).
     pub translated: bool,
+    /// The LMK the returned block is under (16 hex digits).
+    pub lmk_kcv: String,
 }
 
 /// What start-up found of an interrupted rotation.
@@ -106,6 +108,18 @@ fn draft(actor: &str, op: &str, outcome: &str, detail: String) -> AuditDraft {
         outcome: outcome.to_string(),
         detail,
     }
+}
+
+/// How a rotation failed: before its commit point (nothing is live, clean
+/// up) or at it (the outcome is on disk or not: leave it to the restart).
+enum RotationError {
+    BeforeCommit(HsmError),
+    AtCommit(HsmError),
+}
+
+fn refused(e: &HsmError) -> String {
+    let m = &e.message;
+    format!("refused: {}", m.get(..200).unwrap_or(m))
 }
 
 /// Smallest passphrase a custodian may give a new LMK.
@@ -154,8 +168,26 @@ impl Hsm {
                 ),
             ));
         }
+        if given.len() > 16 {
+            return Err(err(
+                Reason::InvalidArgument,
+                format!("at most 16 custodians, got {}", given.len()),
+            ));
+        }
         for (i, p) in given.iter().enumerate() {
-            if p.expose_secret().chars().count() < MIN_PASSPHRASE_CHARS {
+            let text = p.expose_secret();
+            // What cannot be typed at the start prompt or written one per line
+            // in POSHSM_LMK_PASSPHRASES would lock the module out for good.
+            if text.chars().any(char::is_control) || text.len() > 1024 {
+                return Err(err(
+                    Reason::InvalidArgument,
+                    format!(
+                        "custodian {}'s passphrase has a control character (newline, tab, NUL…) or is longer than 1024 bytes: it could not be entered at the next start",
+                        i + 1
+                    ),
+                ));
+            }
+            if text.chars().count() < MIN_PASSPHRASE_CHARS {
                 return Err(err(
                     Reason::InvalidArgument,
                     format!(
@@ -184,52 +216,14 @@ impl Hsm {
         self.check_ready()?;
         let _admin = self.lmk_admin.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.lmks();
-        if let Some(p) = &old.previous {
-            return Err(err(
-                Reason::PreviousLmkActive,
-                format!(
-                    "the previous LMK {} is still in its migration window: retire it first (`poshsm admin lmk retire-previous`)",
-                    p.kcv_hex(8)
-                ),
-            ));
-        }
-        let passphrases = self.rotation_passphrases(passphrases)?;
-        // Sealing (Argon2id, twice) is the slow part; it changes nothing yet.
-        let (new, sealed) = match adopt {
-            None => {
-                let new = LmkSet {
-                    current: Lmk::generate(),
-                    previous: Some(old.current.duplicate()),
-                    previous_since_unix: crate::now_unix(),
-                    retired: old.retired.clone(),
-                };
-                let sealed = match &self.lmk_file {
-                    Some(f) => Some(new.seal(&passphrases, f.kdf)?),
-                    None => None,
-                };
-                (new, sealed)
-            }
-            Some(json) => {
-                let bad = |m: String| err(Reason::InvalidArgument, m);
-                let file = LmkFile::from_json(json)
-                    .map_err(|e| bad(format!("the LMK set to adopt: {e}")))?;
-                let set = file
-                    .unseal(&passphrases)
-                    .map_err(|e| bad(format!("cannot unseal the LMK set to adopt: {e}")))?;
-                let ours = old.current.kcv_hex(8);
-                match &set.previous {
-                    Some(p) if p.kcv_hex(8) == ours => {}
-                    other => {
-                        return Err(bad(format!(
-                            "the LMK set to adopt was not rotated from this module's LMK {ours} (its previous LMK is {})",
-                            other.as_ref().map(|p| p.kcv_hex(8)).unwrap_or_else(|| "none".into())
-                        )))
-                    }
-                }
-                (set, Some(file))
+        let (new, sealed) = match self.prepare_rotation(&old, passphrases, adopt) {
+            Ok(p) => p,
+            Err(e) => {
+                // Refusals are audited too (an adopt that does not unseal is a passphrase guess).
+                let _ = self.audit(vec![draft(actor, "RotateLmk", e.code(), refused(&e))]);
+                return Err(e);
             }
         };
-        drop(passphrases);
         let (from, to) = (old.current.kcv_hex(8), new.current.kcv_hex(8));
         let how = if adopt.is_some() { " adopted" } else { "" };
         self.audit(vec![draft(
@@ -257,19 +251,24 @@ impl Hsm {
                     ));
                 }
                 tracing::info!(from = %from, to = %to, keys = n, "LMK rotated");
-                self.audit(vec![draft(
+                // The rotation took effect: a failure to audit it now is logged
+                // (and has put the module in ALARM), not reported as a failed rotation.
+                if let Err(e) = self.audit(vec![draft(
                     actor,
                     "RotateLmk",
                     "OK",
                     format!("from={from} to={to} keys_rewrapped={n}"),
-                )])?;
+                )]) {
+                    tracing::error!(error = %e, "LMK rotated but its audit event was not written");
+                }
                 Ok(LmkChange {
                     state: self.lmk_state(),
                     keys_rewrapped: n,
                 })
             }
-            Err(e) => {
-                // A half-written generation of the keys tree is not live: drop it.
+            Err(RotationError::BeforeCommit(e)) => {
+                // Nothing is live yet: drop the half-written keys generation
+                // and the new set file.
                 let _ = self.store.drop_old_key_generations();
                 drop(gate);
                 if let Some(f) = &self.lmk_file {
@@ -286,6 +285,67 @@ impl Hsm {
                 )]);
                 Err(e)
             }
+            Err(RotationError::AtCommit(e)) => {
+                // The pointer write may or may not be on disk: touch nothing;
+                // the module is in ALARM and the restart decides from the store.
+                drop(gate);
+                Err(err(
+                    e.reason,
+                    format!("{}; the rotation's outcome is decided at the next start (restart the daemon)", e.message),
+                ))
+            }
+        }
+    }
+
+    /// Everything a rotation needs before it changes anything: the new set
+    /// (generated, or adopted from another node) and its sealed file.
+    fn prepare_rotation(
+        &self,
+        old: &LmkSet,
+        passphrases: Vec<SecretString>,
+        adopt: Option<&str>,
+    ) -> Result<(LmkSet, Option<LmkFile>), HsmError> {
+        if let Some(p) = &old.previous {
+            return Err(err(
+                Reason::PreviousLmkActive,
+                format!(
+                    "the previous LMK {} is still in its migration window: retire it first (`poshsm admin lmk retire-previous`)",
+                    p.kcv_hex(8)
+                ),
+            ));
+        }
+        let passphrases = self.rotation_passphrases(passphrases)?;
+        // Sealing (Argon2id, twice) is the slow part; it changes nothing yet.
+        match adopt {
+            None => {
+                let new = LmkSet {
+                    current: Lmk::generate(),
+                    previous: Some(old.current.duplicate()),
+                    previous_since_unix: crate::now_unix(),
+                    retired: old.retired.clone(),
+                };
+                let sealed = match &self.lmk_file {
+                    Some(f) => Some(new.seal(&passphrases, f.kdf)?),
+                    None => None,
+                };
+                Ok((new, sealed))
+            }
+            Some(json) => {
+                let bad = |m: String| err(Reason::InvalidArgument, m);
+                let file = LmkFile::from_json(json)
+                    .map_err(|e| bad(format!("the LMK set to adopt: {e}")))?;
+                let set = file
+                    .unseal(&passphrases)
+                    .map_err(|e| bad(format!("cannot unseal the LMK set to adopt: {e}")))?;
+                let ours = old.current.kcv_hex(8);
+                match &set.previous {
+                    Some(p) if p.kcv_hex(8) == ours => Ok((set, Some(file))),
+                    other => Err(bad(format!(
+                        "the LMK set to adopt was not rotated from this module's LMK {ours} (its previous LMK is {})",
+                        other.as_ref().map(|p| p.kcv_hex(8)).unwrap_or_else(|| "none".into())
+                    ))),
+                }
+            }
         }
     }
 
@@ -296,13 +356,14 @@ impl Hsm {
         old: &Lmk,
         new: &LmkSet,
         sealed: Option<&LmkFile>,
-    ) -> Result<(u64, Option<String>), HsmError> {
+    ) -> Result<(u64, Option<String>), RotationError> {
+        use RotationError::BeforeCommit;
         let generation = new.current.kcv_hex(8);
         // 1. The new set beside the current file: nothing depends on it yet.
         if let (Some(f), Some(file)) = (&self.lmk_file, sealed) {
             let next = next_path(&f.path);
             lmk::write_file_atomic(&next, &file.to_json())
-                .map_err(|e| io_err("write", &next, e))?;
+                .map_err(|e| BeforeCommit(io_err("write", &next, e)))?;
         }
         failpoint("lmk-rotate-after-next-file");
         // 2. Every stored key under the new LMK, in a new generation of the
@@ -324,13 +385,15 @@ impl Hsm {
                 if matches!(e, StoreError::Io(_)) {
                     self.raise_alarm(format!("store write failed during LMK rotation: {e}"));
                 }
-                HsmError::from(e)
+                BeforeCommit(HsmError::from(e))
             })?;
         failpoint("lmk-rotate-after-keys");
         // 3. The commit point: the new generation becomes the live one on disk.
         self.store.commit_key_generation(&generation).map_err(|e| {
-            self.raise_alarm(format!("store write failed during LMK rotation: {e}"));
-            HsmError::from(e)
+            self.raise_alarm(format!(
+                "store write failed at the commit point of an LMK rotation: {e}; restart to finish or abandon it"
+            ));
+            RotationError::AtCommit(HsmError::from(e))
         })?;
         failpoint("lmk-rotate-after-switch");
         // 4. The new set becomes the sealed file. The rotation is decided (the
@@ -351,6 +414,46 @@ impl Hsm {
     pub fn retire_previous_lmk(&self, actor: &str) -> Result<LmkChange, HsmError> {
         self.check_ready()?;
         let _admin = self.lmk_admin.lock().unwrap_or_else(|p| p.into_inner());
+        let (prev_kcv, cur_kcv) = match self.retire_locked() {
+            Ok(kcvs) => kcvs,
+            Err(e) => {
+                let _ = self.audit(vec![draft(
+                    actor,
+                    "RetirePreviousLmk",
+                    e.code(),
+                    refused(&e),
+                )]);
+                return Err(e);
+            }
+        };
+        // The keys tree of the previous LMK is no longer read by anyone.
+        if let Err(e) = self.store.drop_old_key_generations() {
+            tracing::warn!(error = %e, "could not drop the previous LMK's keys tree; the next start does");
+        }
+        // Blocks of the retired LMK may sit in the cache under their text.
+        self.cache_ref().clear();
+        self.terminals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        tracing::info!(retired = %prev_kcv, current = %cur_kcv, "previous LMK retired");
+        if let Err(e) = self.audit(vec![draft(
+            actor,
+            "RetirePreviousLmk",
+            "OK",
+            format!("retired={prev_kcv} current={cur_kcv}"),
+        )]) {
+            tracing::error!(error = %e, "previous LMK retired but its audit event was not written");
+        }
+        Ok(LmkChange {
+            state: self.lmk_state(),
+            keys_rewrapped: 0,
+        })
+    }
+
+    /// The retirement proper, with every commit held off. Returns the
+    /// retired and the current LMK's KCVs.
+    fn retire_locked(&self) -> Result<(String, String), HsmError> {
         let old = self.lmks();
         let prev = old.previous.as_ref().ok_or_else(|| {
             err(
@@ -359,7 +462,7 @@ impl Hsm {
             )
         })?;
         let (prev_kcv, cur_kcv) = (prev.kcv_hex(8), old.current.kcv_hex(8));
-        let gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
+        let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
         // Commits re-wrap stale blocks, so none can be left; check anyway.
         let mut stale = 0u64;
         self.store.for_each_key(|rec| {
@@ -384,25 +487,12 @@ impl Hsm {
             kcv: prev_kcv.clone(),
             retired_unix: crate::now_unix(),
         });
+        // 1. The store records the retirement first (durable): a copy of an
+        //    older lmk.sealed put back later cannot bring the LMK back.
+        record_retired(&self.store, &retired)?;
+        // 2. The sealed file loses the previous LMK.
         if let Some(f) = &self.lmk_file {
-            let text = std::fs::read_to_string(&f.path).map_err(|e| io_err("read", &f.path, e))?;
-            let mut file = LmkFile::from_json(&text)?;
-            if !file.kcv().eq_ignore_ascii_case(&cur_kcv) {
-                return Err(err(
-                    Reason::Internal,
-                    format!(
-                        "{} holds LMK {}, not the current {cur_kcv}: not retiring",
-                        f.path.display(),
-                        file.kcv()
-                    ),
-                ));
-            }
-            file.previous = None;
-            file.previous_since_unix = 0;
-            file.retired = retired.clone();
-            file.bind(&old.current);
-            lmk::write_file_atomic(&f.path, &file.to_json())
-                .map_err(|e| io_err("write", &f.path, e))?;
+            rewrite_without_previous(&f.path, &old.current, &retired)?;
         }
         *self.lmks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LmkSet {
             current: old.current.duplicate(),
@@ -410,28 +500,7 @@ impl Hsm {
             previous_since_unix: 0,
             retired,
         });
-        drop(gate);
-        // The keys tree of the previous LMK is no longer read by anyone.
-        if let Err(e) = self.store.drop_old_key_generations() {
-            tracing::warn!(error = %e, "could not drop the previous LMK's keys tree; the next start does");
-        }
-        // Blocks of the retired LMK may sit in the cache under their text.
-        self.cache_ref().clear();
-        self.terminals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        tracing::info!(retired = %prev_kcv, current = %cur_kcv, "previous LMK retired");
-        self.audit(vec![draft(
-            actor,
-            "RetirePreviousLmk",
-            "OK",
-            format!("retired={prev_kcv} current={cur_kcv}"),
-        )])?;
-        Ok(LmkChange {
-            state: self.lmk_state(),
-            keys_rewrapped: 0,
-        })
+        Ok((prev_kcv, cur_kcv))
     }
 
     /// TranslateKeyBlock: a caller's block under the previous LMK, re-wrapped
@@ -468,6 +537,7 @@ impl Hsm {
             kcv: k.meta().kcv.clone(),
             key_type: k.key_type(),
             translated,
+            lmk_kcv: set.current.kcv_hex(8),
         };
         if translated {
             self.audit(vec![AuditDraft {
@@ -486,26 +556,127 @@ impl Hsm {
         Ok(out)
     }
 
-    /// Audits what start-up found of an interrupted rotation.
-    pub fn audit_lmk_recovery(&self, r: &LmkRecovery) -> Result<(), HsmError> {
-        let (outcome, detail) = match r {
-            LmkRecovery::Clean => return Ok(()),
-            LmkRecovery::Completed { current_kcv } => {
-                ("COMPLETED_AT_START", format!("to={current_kcv}"))
-            }
-            LmkRecovery::RolledBack { abandoned_kcv } => {
-                ("ROLLED_BACK_AT_START", format!("abandoned={abandoned_kcv}"))
-            }
-        };
-        self.audit(vec![draft("startup", "RotateLmk", outcome, detail)])
+    /// Audits what start-up found: an interrupted rotation finished or
+    /// abandoned, a retirement finished again (`re_retired`). Audited even in
+    /// ALARM (an audit-only write), so the record exists whatever the self-test said.
+    pub fn audit_lmk_recovery(
+        &self,
+        r: &LmkRecovery,
+        re_retired: Option<&str>,
+    ) -> Result<(), HsmError> {
+        let mut drafts = Vec::new();
+        match r {
+            LmkRecovery::Clean => {}
+            LmkRecovery::Completed { current_kcv } => drafts.push(draft(
+                "startup",
+                "RotateLmk",
+                "COMPLETED_AT_START",
+                format!("to={current_kcv}"),
+            )),
+            LmkRecovery::RolledBack { abandoned_kcv } => drafts.push(draft(
+                "startup",
+                "RotateLmk",
+                "ROLLED_BACK_AT_START",
+                format!("abandoned={abandoned_kcv}"),
+            )),
+        }
+        if let Some(kcv) = re_retired {
+            drafts.push(draft(
+                "startup",
+                "RetirePreviousLmk",
+                "COMPLETED_AT_START",
+                format!("retired={kcv} (lmk.sealed still held it)"),
+            ));
+        }
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        self.audit(drafts)
     }
 }
 
+/// Store meta entry: the KCVs of every LMK retired on this module (JSON list).
+const META_RETIRED: &str = "lmk.retired";
+
+fn record_retired(store: &Store, retired: &[RetiredLmk]) -> Result<(), HsmError> {
+    let kcvs: Vec<&str> = retired.iter().map(|r| r.kcv.as_str()).collect();
+    // invariant: a list of strings always serializes
+    let json = serde_json::to_vec(&kcvs).unwrap_or_default();
+    store.put_meta(META_RETIRED, &json)?;
+    Ok(store.flush()?)
+}
+
+/// The LMKs the store says were retired (16-hex KCVs).
+fn stored_retired(store: &Store) -> Result<Vec<String>, String> {
+    match store.get_meta(META_RETIRED).map_err(|e| e.to_string())? {
+        None => Ok(Vec::new()),
+        Some(v) => serde_json::from_slice(&v)
+            .map_err(|e| format!("store meta {META_RETIRED} does not parse: {e}")),
+    }
+}
+
+/// Rewrites `lmk.sealed` without its previous LMK and with `retired`, bound
+/// under `current` (whose sealed entry is kept as it is: no passphrases).
+fn rewrite_without_previous(
+    path: &Path,
+    current: &Lmk,
+    retired: &[RetiredLmk],
+) -> Result<(), HsmError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err("read", path, e))?;
+    let mut file = LmkFile::from_json(&text)?;
+    if !file.kcv().eq_ignore_ascii_case(&current.kcv_hex(8)) {
+        return Err(err(
+            Reason::Internal,
+            format!(
+                "{} holds LMK {}, not the current {}: not retiring (restart the daemon to finish an interrupted rotation)",
+                path.display(),
+                file.kcv(),
+                current.kcv_hex(8)
+            ),
+        ));
+    }
+    file.previous = None;
+    file.previous_since_unix = 0;
+    file.retired = retired.to_vec();
+    file.bind(current)?;
+    lmk::write_file_atomic(path, &file.to_json()).map_err(|e| io_err("write", path, e))
+}
+
+/// At start, after unsealing: the store's record of retired LMKs wins over
+/// the sealed file. A file whose previous LMK the store lists as retired (a
+/// crash between the two writes of a retirement, or an older copy of the
+/// file put back) has the retirement finished again. Returns the KCV whose
+/// retirement was finished, if any.
+pub fn reconcile_retired(
+    path: &Path,
+    set: &mut LmkSet,
+    store: &Store,
+) -> Result<Option<String>, String> {
+    let stored = stored_retired(store)?;
+    for kcv in &stored {
+        if !set.retired.iter().any(|r| r.kcv.eq_ignore_ascii_case(kcv)) {
+            set.retired.push(RetiredLmk {
+                kcv: kcv.clone(),
+                retired_unix: 0,
+            });
+        }
+    }
+    let prev_kcv = match &set.previous {
+        Some(p) if stored.iter().any(|k| k.eq_ignore_ascii_case(&p.kcv_hex(8))) => p.kcv_hex(8),
+        _ => return Ok(None),
+    };
+    set.previous = None;
+    set.previous_since_unix = 0;
+    rewrite_without_previous(path, &set.current, &set.retired).map_err(|e| e.message)?;
+    tracing::warn!(lmk = %prev_kcv, "lmk.sealed still held an LMK the store lists as retired: retired it again");
+    Ok(Some(prev_kcv))
+}
+
 /// Finishes or abandons a rotation a crash interrupted, before the LMK is
-/// unsealed. The store decides: the live generation of its keys tree is all
-/// under one LMK (a new generation goes live whole, by one pointer flip); if
-/// that is the new set's current LMK the new set replaces `lmk.sealed`,
-/// otherwise the new set is discarded. Call it after `Store::open`, which has
+/// unsealed. The store decides: if its pointer to the live keys generation
+/// names the new LMK's generation (the commit point was passed) the new set
+/// replaces `lmk.sealed`, otherwise the new set is discarded; the blocks of
+/// the live generation must all be under that LMK. Call it after `Store::open`, which has
 /// already dropped any generation that never went live.
 pub fn recover_lmk_file(path: &Path, store: &Store) -> Result<LmkRecovery, String> {
     let next = next_path(path);
@@ -529,14 +700,26 @@ pub fn recover_lmk_file(path: &Path, store: &Store) -> Result<LmkRecovery, Strin
             Ok(())
         })
         .map_err(|e| format!("reading the store to recover an LMK rotation: {e}"))?;
-    if other > 0 || (under_new > 0 && under_cur > 0) {
+    // The pointer to the live keys generation is the commit point; the
+    // blocks must agree with it.
+    let live = store
+        .live_key_generation()
+        .map_err(|e| format!("reading the store to recover an LMK rotation: {e}"))?;
+    let committed = live.eq_ignore_ascii_case(&format!("keys@{}", new.kcv()));
+    let agrees = other == 0
+        && if committed {
+            under_cur == 0
+        } else {
+            under_new == 0
+        };
+    if !agrees {
         return Err(format!(
-            "an LMK rotation was interrupted and the store holds {under_cur} keys under LMK {}, {under_new} under LMK {} and {other} under neither: restore a backup (OPERATIONS.md)",
+            "an LMK rotation was interrupted and the store (live keys tree {live:?}) holds {under_cur} keys under LMK {}, {under_new} under LMK {} and {other} under neither: restore a backup (OPERATIONS.md)",
             cur.kcv(),
             new.kcv()
         ));
     }
-    if under_new > 0 {
+    if committed {
         std::fs::rename(&next, path)
             .and_then(|_| lmk::sync_dir(path))
             .map_err(|e| format!("rename {} to {}: {e}", next.display(), path.display()))?;
@@ -631,6 +814,10 @@ mod tests {
             (
                 pw(&["long-enough-phrase", "short"]),
                 "custodian 2's passphrase is shorter",
+            ),
+            (
+                pw(&["long-enough-phrase", "two-lines\nof-phrase"]),
+                "custodian 2's passphrase has a control character",
             ),
         ] {
             let e = hsm.rotate_lmk("test", given, None).expect_err("refused");

@@ -19,8 +19,8 @@ pub use keyadmin::{
     ExportFormat, ExportKey, ExportedKey, GenerateKey, ImportComponents, ImportKey, Wrapped,
 };
 pub use lmkadmin::{
-    next_path as lmk_next_path, recover_lmk_file, LmkChange, LmkFileSink, LmkRecovery, LmkState,
-    TranslatedBlock,
+    next_path as lmk_next_path, reconcile_retired, recover_lmk_file, LmkChange, LmkFileSink,
+    LmkRecovery, LmkState, TranslatedBlock,
 };
 pub use mac::{MacAlgorithm, MacKeySource, MacRequest};
 pub use pin::{PinKeySource, TranslatePin, TranslatedPin};
@@ -286,9 +286,14 @@ impl Hsm {
     /// Commits a batch; a storage failure (not a logical conflict) raises the alarm.
     /// Key records whose block was wrapped before an LMK rotation (a call that
     /// raced it) are re-wrapped under the current LMK first, so the store never
-    /// holds blocks of two LMKs.
-    pub(crate) fn commit(&self, mut batch: Batch) -> Result<(), HsmError> {
-        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
+    /// holds blocks of two LMKs. Returns the key records as committed: a
+    /// caller that hands a block out takes it from here.
+    pub(crate) fn commit(&self, mut batch: Batch) -> Result<Vec<KeyRecord>, HsmError> {
+        // Only writes of key records conflict with a rotation's re-wrap: an
+        // audit-only batch (denials, guards, failures — some written from
+        // async threads) never waits for one.
+        let writes_keys = !batch.put_keys.is_empty() || !batch.delete_keys.is_empty();
+        let _gate = writes_keys.then(|| self.commit_gate.read().unwrap_or_else(|p| p.into_inner()));
         if !batch.put_keys.is_empty() {
             let set = self.lmks();
             for rec in &mut batch.put_keys {
@@ -299,8 +304,9 @@ impl Hsm {
                 }
             }
         }
+        let committed = batch.put_keys.clone();
         match self.store.commit(batch) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(committed),
             Err(e @ crate::store::StoreError::Io(_)) => {
                 self.raise_alarm(format!("store write failed: {e}"));
                 Err(e.into())
@@ -389,7 +395,26 @@ impl Hsm {
                         }
                     }
                 }
-                Ok(self.cache.insert(block.clone(), k))
+                let cached = self.cache.insert(block.clone(), k);
+                // A retirement of the previous LMK may have cleared the cache
+                // between the unwrap above and this insert: look again with
+                // the set in force now (retirement swaps the set, then clears).
+                let kp = keys::block_lmk_identity(block)?.unwrap_or_default();
+                let set = self.lmks();
+                match set.generation(&kp) {
+                    keys::Generation::Current | keys::Generation::Previous => Ok(cached),
+                    keys::Generation::Retired(kcv) => {
+                        self.cache.remove(block);
+                        Err(keys::KeyError::LmkRetired { kcv }.into())
+                    }
+                    keys::Generation::Unknown => {
+                        self.cache.remove(block);
+                        Err(err(
+                            Reason::WrongLmk,
+                            "key block is not under an LMK of this module",
+                        ))
+                    }
+                }
             }
         }
     }
@@ -398,21 +423,28 @@ impl Hsm {
         if let Some(k) = self.cache.get(id) {
             return Ok(k);
         }
-        let rec = self
-            .store
-            .get_key(id)?
-            .ok_or_else(|| err(Reason::UnknownKey, format!("no key with id {id:?}")))?;
-        if rec.state == STATE_RETIRED {
-            return Err(err(Reason::KeyRetired, format!("key {id} is retired")));
-        }
-        // The record may have been read just before a rotation swapped the
-        // set: a block under the previous LMK is still good here.
-        let k = keys::unwrap_from_set(&self.lmks(), &rec.key_block)
-            .map(|(k, _)| k)
-            .map_err(|e| {
-                self.raise_alarm(format!("stored key {id} does not unwrap: {e}"));
-                HsmError::from(e)
-            })?;
+        // The record may have been read just before a rotation or a
+        // retirement swapped the set (a block under the previous LMK is
+        // still good then); a block that does not unwrap is read once more
+        // before it counts as damage.
+        let mut attempt = 0;
+        let k = loop {
+            let rec = self
+                .store
+                .get_key(id)?
+                .ok_or_else(|| err(Reason::UnknownKey, format!("no key with id {id:?}")))?;
+            if rec.state == STATE_RETIRED {
+                return Err(err(Reason::KeyRetired, format!("key {id} is retired")));
+            }
+            match keys::unwrap_from_set(&self.lmks(), &rec.key_block) {
+                Ok((k, _)) => break k,
+                Err(_) if attempt == 0 => attempt += 1,
+                Err(e) => {
+                    self.raise_alarm(format!("stored key {id} does not unwrap: {e}"));
+                    return Err(HsmError::from(e));
+                }
+            }
+        };
         if k.meta().key_id.as_deref() != Some(id) {
             self.raise_alarm(format!("stored key {id} carries another key's block"));
             return Err(err(

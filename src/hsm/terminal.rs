@@ -470,7 +470,13 @@ impl Hsm {
             batch.put_keys = records;
             batch.update_terminals.push((updated, t.key_version));
         }
-        self.commit(batch)?;
+        // A rotation between the wrap above and this commit re-wraps the
+        // records: hand out the blocks as stored.
+        for rec in self.commit(batch)? {
+            if let Some(o) = outs.iter_mut().find(|o| o.key_id == rec.key_id) {
+                o.key_block = rec.key_block;
+            }
+        }
 
         if let Some(t) = &terminal {
             // Hot path: the new keys are ready; the old MAK verifies during the grace window.

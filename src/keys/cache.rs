@@ -69,6 +69,14 @@ impl KeyCache {
         order.retain(|r| map.contains_key(r));
     }
 
+    /// Drops the entry under `reference`, if any.
+    pub fn remove(&self, reference: &str) {
+        let mut inner = self.lock();
+        if inner.map.remove(reference).is_some() {
+            inner.order.retain(|r| r != reference);
+        }
+    }
+
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.map.clear();

@@ -180,25 +180,24 @@ impl Lmk {
     /// AES-CMAC over `text` under a key derived from this LMK (NIST SP 800-108
     /// counter mode with AES-CMAC as the PRF, label "poshsm lmk-set"), so the
     /// LMK itself never MACs anything but key blocks.
-    fn set_mac(&self, text: &str) -> String {
-        let derive = |i: u8| -> Vec<u8> {
-            let c = match Cipher::new(Algorithm::Aes256, &self.inner.key) {
-                Ok(c) => c,
-                Err(_) => return vec![0u8; 16],
-            };
+    fn set_mac(&self, text: &str) -> Result<String, LmkError> {
+        let fail = |_| LmkError::Kdf("AES-256 key schedule for the set MAC".into());
+        let lmk = Cipher::new(Algorithm::Aes256, &self.inner.key).map_err(fail)?;
+        let derive = |i: u8| -> Zeroizing<Vec<u8>> {
             let mut input = vec![i];
             input.extend_from_slice(b"poshsm lmk-set\0");
             input.extend_from_slice(&256u16.to_be_bytes());
-            crate::crypto::mac::cmac(&c, &input).to_vec()
+            Zeroizing::new(crate::crypto::mac::cmac(&lmk, &input))
         };
-        let (d1, d2) = (Zeroizing::new(derive(1)), Zeroizing::new(derive(2)));
+        let (d1, d2) = (derive(1), derive(2));
         let mut k = Zeroizing::new([0u8; 32]);
         k[..16].copy_from_slice(&d1[..16]);
         k[16..].copy_from_slice(&d2[..16]);
-        match Cipher::new(Algorithm::Aes256, &k[..]) {
-            Ok(c) => hex::encode_upper(crate::crypto::mac::cmac(&c, text.as_bytes())),
-            Err(_) => String::new(),
-        }
+        let c = Cipher::new(Algorithm::Aes256, &k[..]).map_err(fail)?;
+        Ok(hex::encode_upper(crate::crypto::mac::cmac(
+            &c,
+            text.as_bytes(),
+        )))
     }
 
     /// Seals the LMK under the custodians' passphrases (in custodian order).
@@ -337,7 +336,16 @@ impl LmkFile {
             serde_json::from_str(s).map_err(|e| LmkError::Malformed(e.to_string()))?;
         match probe.get("format").and_then(|f| f.as_str()) {
             Some(SET_FORMAT) => {
-                serde_json::from_value(probe).map_err(|e| LmkError::Malformed(e.to_string()))
+                let file: LmkFile = serde_json::from_value(probe)
+                    .map_err(|e| LmkError::Malformed(e.to_string()))?;
+                let hex16 = |k: &str| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit());
+                if let Some(r) = file.retired.iter().find(|r| !hex16(&r.kcv)) {
+                    return Err(LmkError::Malformed(format!(
+                        "retired LMK check value {:?} is not 16 hex digits",
+                        r.kcv
+                    )));
+                }
+                Ok(file)
             }
             _ => Ok(LmkFile::single(SealedLmk::from_json(s)?)),
         }
@@ -381,8 +389,9 @@ impl LmkFile {
     }
 
     /// Computes `set_mac` under `current` (which must be this file's current LMK).
-    pub fn bind(&mut self, current: &Lmk) {
-        self.set_mac = current.set_mac(&self.mac_input());
+    pub fn bind(&mut self, current: &Lmk) -> Result<(), LmkError> {
+        self.set_mac = current.set_mac(&self.mac_input())?;
+        Ok(())
     }
 
     /// Unseals the current LMK and, if present, the previous one (sealed under
@@ -391,7 +400,7 @@ impl LmkFile {
         let current = Lmk::unseal(&self.current, passphrases)?;
         let bound = self.previous.is_none() && self.retired.is_empty() && self.set_mac.is_empty();
         if !bound {
-            let want = current.set_mac(&self.mac_input());
+            let want = current.set_mac(&self.mac_input())?;
             let ok: bool =
                 subtle::ConstantTimeEq::ct_eq(want.as_bytes(), self.set_mac.as_bytes()).into();
             if !ok {
@@ -492,7 +501,7 @@ impl LmkSet {
             retired: self.retired.clone(),
             set_mac: String::new(),
         };
-        file.bind(&self.current);
+        file.bind(&self.current)?;
         Ok(file)
     }
 }

@@ -23,7 +23,7 @@ pub fn hsm_code(e: &HsmError) -> &'static str {
         InvalidPan => code::INVALID_ACCOUNT,
         InvalidPin => code::PIN_LENGTH,
         InvalidKeyBlock => code::KEY_BLOCK_AUTH,
-        WrongLmk => code::WRONG_LMK,
+        WrongLmk | LmkRetired => code::WRONG_LMK,
         InvalidKeyLength => code::INCOMPATIBLE_KEY_LENGTH,
         MessageTooLarge => code::DATA_LENGTH,
         UnsupportedAlgorithm | SingleDesDisabled => code::INVALID_ALGORITHM,
@@ -64,11 +64,13 @@ pub fn writes(cmd: [u8; 2]) -> bool {
 }
 
 /// Runs one command. `Ok` holds the response fields after the `00` error code.
-pub fn execute(hsm: &Hsm, actor: &str, nc_fields: &str, cmd: Command<'_>) -> R<Vec<u8>> {
+/// `firmware` is NC's firmware field; the LMK check value is read per call,
+/// so NC follows an LMK rotation.
+pub fn execute(hsm: &Hsm, actor: &str, firmware: &str, cmd: Command<'_>) -> R<Vec<u8>> {
     match cmd {
         // A POSP's heartbeat: a module in ALARM says so.
         Command::Nc if hsm.alarm().is_some() => Err(code::INTERNAL),
-        Command::Nc => Ok(nc_fields.as_bytes().to_vec()),
+        Command::Nc => Ok(format!("{}{firmware}", hsm.lmk_kcv(8)).into_bytes()),
         Command::Ca(t) | Command::Cc(t) => translate_pin(hsm, t),
         Command::M6(m) => generate_mac(hsm, m),
         Command::M8(m) => verify_mac(hsm, m),

@@ -162,7 +162,7 @@ struct Shared {
     max_frame: usize,
     idle: Duration,
     enabled: Vec<[u8; 2]>,
-    /// NC's answer: LMK check value (16H) and firmware number (9A).
+    /// NC's firmware number (9A); the LMK check value (16H) before it is read per call.
     nc_fields: String,
     tls: Option<Arc<rustls::ServerConfig>>,
     clients: Vec<String>,
@@ -211,7 +211,7 @@ pub async fn serve(
         .filter_map(|c| <[u8; 2]>::try_from(c.as_bytes()).ok())
         .collect();
     let shared = Arc::new(Shared {
-        nc_fields: format!("{}{}", hsm.lmk_kcv(8), firmware_number()),
+        nc_fields: firmware_number(),
         hsm,
         header_len: config.header_len,
         max_frame: config.max_frame,

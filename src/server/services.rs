@@ -166,7 +166,7 @@ impl pb::crypto_server::Crypto for CryptoService {
             kcv: t.kcv,
             key_type: cv::key_type_to_pb(t.key_type) as i32,
             translated: t.translated,
-            lmk_kcv: self.hsm.lmk_kcv(8),
+            lmk_kcv: t.lmk_kcv,
         }))
     }
 

@@ -245,9 +245,18 @@ impl Store {
                 format!("the live keys tree is named {live:?}"),
             ));
         }
+        // The live generation must exist: a pointer to a missing tree is
+        // damage, never a reason to drop the trees that hold the keys.
+        let names = db.tree_names();
+        if live != KEYS_FIRST && !names.iter().any(|n| n.as_ref() == live.as_bytes()) {
+            return Err(corrupt(
+                "keys",
+                format!("the live keys tree {live:?} does not exist; nothing was dropped"),
+            ));
+        }
         // Other generations are an abandoned rotation's or the one before the
         // last rotation: nothing reads them any more.
-        for name in db.tree_names() {
+        for name in names {
             if is_keys_generation(&name) && name.as_ref() != live.as_bytes() {
                 db.drop_tree(&name)?;
             }
@@ -560,8 +569,20 @@ impl Store {
         Ok(())
     }
 
-    /// Removes every generation of the keys tree but the live one.
+    /// The name of the live keys-tree generation on disk (`keys` or `keys@<KCV>`).
+    pub fn live_key_generation(&self) -> Result<String, StoreError> {
+        Ok(match self.db.get(KEYS_POINTER)? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => KEYS_FIRST.to_string(),
+        })
+    }
+
+    /// Removes every generation of the keys tree but the live one (in memory
+    /// and on disk alike; does nothing if they differ).
     pub fn drop_old_key_generations(&self) -> Result<(), StoreError> {
+        if self.live_key_generation()?.as_bytes() != self.keys_tree().name().as_ref() {
+            return Ok(());
+        }
         let live = self.keys_tree().name();
         for name in self.db.tree_names() {
             if is_keys_generation(&name) && name != live {
@@ -702,6 +723,77 @@ mod tests {
             created_unix: 1,
             retired_unix: 0,
         }
+    }
+
+    #[test]
+    fn a_pointer_to_a_missing_keys_generation_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .commit(Batch {
+                    put_keys: vec![key("k1")],
+                    ..Default::default()
+                })
+                .unwrap();
+            // A pointer that names a tree that was never written (the damage a
+            // rotation's failed commit could leave).
+            store
+                .db
+                .insert(KEYS_POINTER, b"keys@MISSING".as_slice())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let e = Store::open(dir.path()).err().expect("refused");
+        assert!(
+            e.to_string()
+                .contains("does not exist; nothing was dropped"),
+            "{e}"
+        );
+        // Put the pointer back: the keys are all there.
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.remove(KEYS_POINTER).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.get_key("k1").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_new_keys_generation_goes_live_only_at_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .commit(Batch {
+                put_keys: vec![key("k1"), key("k2")],
+                ..Default::default()
+            })
+            .unwrap();
+        let n = store
+            .write_key_generation("G2", |mut r| {
+                r.kcv = "123456".into();
+                Ok(r)
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        // Written but not committed: a reopen keeps (and cleans up around) the old one.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_key("k1").unwrap().unwrap().kcv, "ABCDEF");
+        assert_eq!(store.live_key_generation().unwrap(), "keys");
+        store
+            .write_key_generation("G2", |mut r| {
+                r.kcv = "123456".into();
+                Ok(r)
+            })
+            .unwrap();
+        store.commit_key_generation("G2").unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.live_key_generation().unwrap(), "keys@G2");
+        assert_eq!(store.get_key("k2").unwrap().unwrap().kcv, "123456");
+        assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"keys"));
     }
 
     fn draft(op: &str) -> AuditDraft {
