@@ -29,11 +29,21 @@ async fn blocking<T: Send + 'static>(
 pub struct CryptoService {
     hsm: Arc<Hsm>,
     authz: Arc<Authz>,
+    /// Sign-ins in their CPU-and-commit phase at once. More only adds
+    /// blocking threads that preempt the one holding the store's commit lock
+    /// (a convoy); the rest wait here without a thread, and the fsync that
+    /// follows is shared by all of them (group commit) whatever this limit.
+    sign_in_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl CryptoService {
     pub fn new(hsm: Arc<Hsm>, authz: Arc<Authz>) -> Self {
-        CryptoService { hsm, authz }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        CryptoService {
+            hsm,
+            authz,
+            sign_in_slots: Arc::new(tokio::sync::Semaphore::new(cores * 2)),
+        }
     }
 }
 
@@ -68,7 +78,14 @@ impl pb::crypto_server::Crypto for CryptoService {
         let caller = self.authz.check(&req, DATA_PLANE, "sign terminals in")?;
         let sreq = cv::sign_in(req.get_ref()).map_err(status)?;
         let hsm = self.hsm.clone();
-        let out = blocking(move || hsm.sign_in_unflushed(&caller.identity, sreq)).await?;
+        let out = {
+            let _slot = self
+                .sign_in_slots
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            blocking(move || hsm.sign_in_unflushed(&caller.identity, sreq)).await?
+        };
         // Durable before reply: the group flush covers this commit.
         self.hsm.flush_async().await.map_err(status)?;
         Ok(Response::new(pb::SignInResponse {
