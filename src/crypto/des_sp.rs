@@ -9,8 +9,9 @@
 //! two rotations. For TDES (EDE) the final permutation of one pass and the
 //! initial permutation of the next cancel, so IP and FP run once per block.
 //!
-//! Everything is built here from the FIPS 46-3 tables (IP, P, PC-1, PC-2, the
-//! shifts and the S-boxes); the SP tables are computed at compile time.
+//! Everything is built here from the FIPS 46-3 tables (P, PC-1, PC-2, the
+//! shifts and the S-boxes; IP and FP as five delta swaps, checked against
+//! the IP table); the SP tables are computed at compile time.
 //! Table lookups indexed by data ⊕ key are the same side-channel class as the
 //! S-box arrays of the RustCrypto implementation this replaces.
 //!
@@ -21,6 +22,8 @@
 use zeroize::Zeroize;
 
 /// Initial permutation (FIPS 46-3): output bit i takes input bit IP[i-1].
+/// The tests' reference for the delta-swap `ip`/`fp` below.
+#[cfg(test)]
 const IP: [u8; 64] = [
     58, 50, 42, 34, 26, 18, 10, 2, 60, 52, 44, 36, 28, 20, 12, 4, //
     62, 54, 46, 38, 30, 22, 14, 6, 64, 56, 48, 40, 32, 24, 16, 8, //
@@ -132,9 +135,11 @@ const fn build_sp() -> [[u32; 64]; 8] {
     t
 }
 
-/// The inverse of IP (the final permutation).
+/// The inverse of IP (the final permutation), for the tests' reference.
+#[cfg(test)]
 const FP: [u8; 64] = invert(&IP);
 
+#[cfg(test)]
 const fn invert(t: &[u8; 64]) -> [u8; 64] {
     let mut out = [0u8; 64];
     let mut i = 0;
@@ -145,9 +150,43 @@ const fn invert(t: &[u8; 64]) -> [u8; 64] {
     out
 }
 
+/// One delta swap between the halves: the bits of `a >> shift` under `mask`
+/// trade places with the bits of `b` under `mask`.
+#[inline(always)]
+fn swap_bits(a: &mut u32, b: &mut u32, shift: u32, mask: u32) {
+    let w = ((*a >> shift) ^ *b) & mask;
+    *b ^= w;
+    *a ^= w << shift;
+}
+
+/// IP as five delta swaps (the classic decomposition of this transpose-like
+/// permutation); equal to `permute64(x, &IP)` for every input (tested).
+/// Branch-free and table-free, so its timing does not depend on the data.
+#[inline(always)]
+fn ip(x: u64) -> (u32, u32) {
+    let (mut l, mut r) = ((x >> 32) as u32, x as u32);
+    swap_bits(&mut l, &mut r, 4, 0x0F0F_0F0F);
+    swap_bits(&mut l, &mut r, 16, 0x0000_FFFF);
+    swap_bits(&mut r, &mut l, 2, 0x3333_3333);
+    swap_bits(&mut r, &mut l, 8, 0x00FF_00FF);
+    swap_bits(&mut l, &mut r, 1, 0x5555_5555);
+    (l, r)
+}
+
+/// FP = IP⁻¹: the same swaps (each its own inverse) in reverse order.
+#[inline(always)]
+fn fp((mut l, mut r): (u32, u32)) -> u64 {
+    swap_bits(&mut l, &mut r, 1, 0x5555_5555);
+    swap_bits(&mut r, &mut l, 8, 0x00FF_00FF);
+    swap_bits(&mut r, &mut l, 2, 0x3333_3333);
+    swap_bits(&mut l, &mut r, 16, 0x0000_FFFF);
+    swap_bits(&mut l, &mut r, 4, 0x0F0F_0F0F);
+    ((l as u64) << 32) | r as u64
+}
+
 /// Bit permutation of a 64-bit word, DES numbering (bit 1 = MSB). Runs the
-/// same instructions whatever the data.
-#[inline]
+/// same instructions whatever the data. The reference for `ip`/`fp`.
+#[cfg(test)]
 fn permute64(x: u64, table: &[u8; 64]) -> u64 {
     let mut out = 0u64;
     for (i, &src) in table.iter().enumerate() {
@@ -237,14 +276,6 @@ impl DesKeys {
     }
 }
 
-fn split(x: u64) -> (u32, u32) {
-    ((x >> 32) as u32, x as u32)
-}
-
-fn join((l, r): (u32, u32)) -> u64 {
-    ((l as u64) << 32) | r as u64
-}
-
 /// Single DES on the fast path.
 #[derive(Clone)]
 pub(crate) struct FastDes(DesKeys);
@@ -255,13 +286,13 @@ impl FastDes {
     }
 
     pub(crate) fn encrypt(&self, block: &mut [u8; 8]) {
-        let (l, r) = split(permute64(u64::from_be_bytes(*block), &IP));
-        *block = permute64(join(self.0.rounds(l, r, false)), &FP).to_be_bytes();
+        let (l, r) = ip(u64::from_be_bytes(*block));
+        *block = fp(self.0.rounds(l, r, false)).to_be_bytes();
     }
 
     pub(crate) fn decrypt(&self, block: &mut [u8; 8]) {
-        let (l, r) = split(permute64(u64::from_be_bytes(*block), &IP));
-        *block = permute64(join(self.0.rounds(l, r, true)), &FP).to_be_bytes();
+        let (l, r) = ip(u64::from_be_bytes(*block));
+        *block = fp(self.0.rounds(l, r, true)).to_be_bytes();
     }
 }
 
@@ -296,19 +327,17 @@ impl FastTdes {
     }
 
     pub(crate) fn encrypt(&self, block: &mut [u8; 8]) {
-        let (l, r) = split(permute64(u64::from_be_bytes(*block), &IP));
+        let (l, r) = ip(u64::from_be_bytes(*block));
         let (l, r) = self.k1.rounds(l, r, false);
         let (l, r) = self.k2.rounds(l, r, true);
-        let out = self.k3.rounds(l, r, false);
-        *block = permute64(join(out), &FP).to_be_bytes();
+        *block = fp(self.k3.rounds(l, r, false)).to_be_bytes();
     }
 
     pub(crate) fn decrypt(&self, block: &mut [u8; 8]) {
-        let (l, r) = split(permute64(u64::from_be_bytes(*block), &IP));
+        let (l, r) = ip(u64::from_be_bytes(*block));
         let (l, r) = self.k3.rounds(l, r, true);
         let (l, r) = self.k2.rounds(l, r, false);
-        let out = self.k1.rounds(l, r, true);
-        *block = permute64(join(out), &FP).to_be_bytes();
+        *block = fp(self.k1.rounds(l, r, true)).to_be_bytes();
     }
 }
 
@@ -346,6 +375,18 @@ mod tests {
         let mut b = h8("01A1D6D039776742");
         d.encrypt(&mut b);
         assert_eq!(hex::encode_upper(b), "690F5B0D9A26939B");
+    }
+
+    #[test]
+    fn the_delta_swap_ip_and_fp_are_the_fips_tables() {
+        let mut x = 0x0123_4567_89AB_CDEFu64;
+        for _ in 0..10_000 {
+            let (l, r) = ip(x);
+            assert_eq!(((l as u64) << 32) | r as u64, permute64(x, &IP));
+            assert_eq!(fp((l, r)), x);
+            assert_eq!(fp(((x >> 32) as u32, x as u32)), permute64(x, &FP));
+            x = x.wrapping_mul(0x2545_F491_4F6C_DD1D).rotate_left(17) ^ 0x9E37;
+        }
     }
 
     #[test]
