@@ -1043,13 +1043,7 @@ fn lmk_fields(l: &pb::LmkStatus) -> Vec<(&'static str, String)> {
 async fn lmk_cmd(c: &mut Clients, cmd: LmkCommand, j: bool, e: ErrFn<'_>) -> Result<(), String> {
     let change = match cmd {
         LmkCommand::Status => {
-            let s = c
-                .admin
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .map_err(e)?
-                .into_inner();
-            let l = s.lmk.unwrap_or_default();
+            let l = get_status(c, e).await?.lmk.unwrap_or_default();
             emit(j, &lmk_json(&l), || fields(&lmk_fields(&l)));
             return Ok(());
         }
@@ -1089,13 +1083,11 @@ async fn lmk_cmd(c: &mut Clients, cmd: LmkCommand, j: bool, e: ErrFn<'_>) -> Res
         }
         LmkCommand::RetirePrevious { yes } => {
             if !yes {
-                let s = c
-                    .admin
-                    .get_status(pb::GetStatusRequest {})
-                    .await
-                    .map_err(e)?
-                    .into_inner();
-                let prev = s.lmk.map(|l| l.previous_kcv).unwrap_or_default();
+                let prev = get_status(c, e)
+                    .await?
+                    .lmk
+                    .map(|l| l.previous_kcv)
+                    .unwrap_or_default();
                 return Err(if prev.is_empty() {
                     "error: there is no previous LMK to retire [NO_PREVIOUS_LMK]".into()
                 } else {
@@ -1610,13 +1602,16 @@ fn verdict(ok: bool, n: u64, problem: &str) -> String {
     }
 }
 
-async fn status_cmd(c: &mut Clients, j: bool, e: ErrFn<'_>) -> Result<(), String> {
-    let s = c
-        .admin
+async fn get_status(c: &mut Clients, e: ErrFn<'_>) -> Result<pb::StatusResponse, String> {
+    Ok(c.admin
         .get_status(pb::GetStatusRequest {})
         .await
         .map_err(e)?
-        .into_inner();
+        .into_inner())
+}
+
+async fn status_cmd(c: &mut Clients, j: bool, e: ErrFn<'_>) -> Result<(), String> {
+    let s = get_status(c, e).await?;
     let v = json!({
         "state": s.state,
         "reason": s.reason,
