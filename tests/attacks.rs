@@ -7,6 +7,10 @@
 //! tests/core_refusals.rs replays the same rules against the transport-free core
 //! with exact messages; this file is the auditor-facing catalogue over the wire.
 
+mod common;
+
+use common::reason;
+
 use keyblocks::{Exportability, Header, KeyUsage, ModeOfUse, Version};
 use poshsm::hsm::HsmConfig;
 use poshsm::proto::{self as pb, crypto_client::CryptoClient, key_admin_client::KeyAdminClient};
@@ -86,13 +90,6 @@ fn split3(key: &[u8]) -> Vec<Vec<u8>> {
     let b = odd(key.len());
     let c = xor(&xor(key, &a), &b);
     vec![a, b, c]
-}
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
 }
 
 /// Asserts a refusal: gRPC code, `ErrorInfo{reason, domain = "poshsm"}`, a message.

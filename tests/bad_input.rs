@@ -8,24 +8,20 @@
 //! the transport limit, tonic's own clear status) — never a panic, a hang or
 //! memory exhaustion — and afterwards the daemon still serves.
 
+mod common;
+
+use common::reason;
+
 use poshsm::proto as pb;
 use poshsm::testing::MockHsm;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 const PAN: &str = "6228480402564890018";
 const TID: &str = "MOCK0001";
 /// Largest batch the server accepts (`server::services::MAX_BATCH`).
 const MAX_BATCH: usize = 10_000;
-
-fn reason(s: &Status) -> String {
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
 
 /// Asserts a documented refusal: gRPC code and `ErrorInfo` reason.
 #[track_caller]

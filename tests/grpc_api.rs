@@ -4,17 +4,11 @@
 
 mod common;
 
+use common::reason;
+
 use poshsm::proto::{self as pb, crypto_client::CryptoClient, key_admin_client::KeyAdminClient};
 use poshsm::testing::MockHsm;
 use tonic::Code;
-use tonic_types::StatusExt;
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
 
 fn expect_err<T: std::fmt::Debug>(
     r: Result<tonic::Response<T>, tonic::Status>,

@@ -2,12 +2,15 @@
 //! failures beyond the configured rate are refused with TERMINAL_THROTTLED,
 //! each episode is audited once, and other terminals are unaffected.
 
+mod common;
+
+use common::reason;
+
 use poshsm::hsm::guard::Limit;
 use poshsm::hsm::*;
 use poshsm::proto as pb;
 use poshsm::testing::MockHsm;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 fn config(pin_burst: f64, mac_burst: f64) -> HsmConfig {
     HsmConfig {
@@ -22,13 +25,6 @@ fn config(pin_burst: f64, mac_burst: f64) -> HsmConfig {
         },
         ..Default::default()
     }
-}
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

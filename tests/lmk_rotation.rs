@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::reason;
+
 use common::daemon::Daemon;
 use poshsm::pinpad::{tdes_components, NetworkPeer, PinPad};
 use poshsm::proto::{self as pb, crypto_client::CryptoClient, key_admin_client::KeyAdminClient};
@@ -24,19 +26,11 @@ use std::path::Path;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 type Admin = KeyAdminClient<Channel>;
 type Posp = CryptoClient<Channel>;
 
 const PAN: &str = "6222020200112233445";
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
 
 fn by_id(id: &str) -> Option<pb::KeyRef> {
     Some(pb::KeyRef {

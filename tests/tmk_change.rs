@@ -4,19 +4,11 @@
 
 mod common;
 
-use common::{hx, python, unhex};
+use common::{hx, python, reason, unhex};
 use poshsm::proto as pb;
 use poshsm::testing::MockHsm;
 use serde_json::json;
 use tonic::Code;
-use tonic_types::StatusExt;
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_changes_its_tmk_remotely_and_signs_in_under_the_new_one() {

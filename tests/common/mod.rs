@@ -74,3 +74,12 @@ pub fn hx(b: &[u8]) -> String {
 pub fn unhex(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().expect("hex string")).expect("valid hex")
 }
+
+/// The stable reason code (`ErrorInfo.reason`) of a gRPC status, or "".
+pub fn reason(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
