@@ -226,6 +226,11 @@ impl Hsm {
         self.store.fsyncs()
     }
 
+    /// Store transactions performed (each commits a group of operations).
+    pub fn store_commit_groups(&self) -> u64 {
+        self.store.commit_groups()
+    }
+
     pub(crate) fn cache_ref(&self) -> &KeyCache {
         &self.cache
     }

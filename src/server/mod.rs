@@ -232,6 +232,11 @@ pub async fn serve(
                         "Store flushes performed (group commit).",
                         watched.store_fsyncs() as f64,
                     );
+                    m.set_gauge(
+                        "poshsm_store_commit_groups_total",
+                        "Store transactions performed (each commits a group of operations).",
+                        watched.store_commit_groups() as f64,
+                    );
                 }
                 if ok != last_ok || !ok {
                     let st = if ok {
