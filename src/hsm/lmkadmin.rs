@@ -433,7 +433,7 @@ impl Hsm {
         // Blocks of the retired LMK may sit in the cache under their text.
         self.cache_ref().clear();
         self.terminals
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         tracing::info!(retired = %prev_kcv, current = %cur_kcv, "previous LMK retired");

@@ -132,13 +132,20 @@ pub struct Hsm {
     lmk_admin: Mutex<()>,
     store: Arc<Store>,
     cache: KeyCache,
-    terminals: Mutex<HashMap<String, Arc<TerminalKeys>>>,
+    terminals: RwLock<HashMap<String, Arc<TerminalKeys>>>,
     config: HsmConfig,
     alarm: RwLock<Option<String>>,
     /// alias → key id, so the hot path does not read the store per call.
-    aliases: RwLock<HashMap<String, String>>,
+    aliases: RwLock<AliasCache>,
     pub(crate) pin_guard: guard::Guard,
     pub(crate) mac_guard: guard::Guard,
+}
+
+/// alias → key id. `epoch` counts binding changes (see [`Hsm::forget_key`]).
+#[derive(Default)]
+struct AliasCache {
+    ids: HashMap<String, String>,
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -188,10 +195,10 @@ impl Hsm {
     ) -> Hsm {
         let hsm = Hsm {
             cache: KeyCache::new(config.key_cache_capacity),
-            aliases: RwLock::new(HashMap::new()),
+            aliases: RwLock::new(AliasCache::default()),
             pin_guard: guard::Guard::new(config.pin_guard),
             mac_guard: guard::Guard::new(config.mac_failure_guard),
-            terminals: Mutex::new(HashMap::new()),
+            terminals: RwLock::new(HashMap::new()),
             lmks: RwLock::new(Arc::new(lmks)),
             lmk_file,
             commit_gate: RwLock::new(()),
@@ -377,9 +384,27 @@ impl Hsm {
         match r {
             KeyRef::Id(id) => self.load_by_id(id),
             KeyRef::Alias(alias) => {
+                let (cached, epoch) = {
+                    let a = self.aliases.read().unwrap_or_else(|p| p.into_inner());
+                    (a.ids.get(alias.as_str()).cloned(), a.epoch)
+                };
+                if let Some(id) = cached {
+                    return self.load_by_id(&id);
+                }
                 let id = self.store.key_id_for_alias(alias)?.ok_or_else(|| {
                     err(Reason::UnknownKey, format!("no key has alias {alias:?}"))
                 })?;
+                {
+                    // Kept only if no binding changed since the read above: a
+                    // rotation that moved the alias meanwhile bumped the epoch.
+                    let mut a = self.aliases.write().unwrap_or_else(|p| p.into_inner());
+                    if a.epoch == epoch {
+                        if a.ids.len() >= self.config.key_cache_capacity {
+                            a.ids.clear();
+                        }
+                        a.ids.insert(alias.clone(), id.clone());
+                    }
+                }
                 self.load_by_id(&id)
             }
             KeyRef::Block(block) => {
@@ -541,14 +566,14 @@ impl Hsm {
 
     pub(crate) fn terminal_cache_get(&self, terminal_id: &str) -> Option<Arc<TerminalKeys>> {
         self.terminals
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(terminal_id)
             .cloned()
     }
 
     pub(crate) fn terminal_cache_put(&self, terminal_id: &str, keys: Arc<TerminalKeys>) {
-        let mut t = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.terminals.write().unwrap_or_else(|p| p.into_inner());
         // Bounded like the key cache: a terminal's keys are re-read from the store on a miss.
         if t.len() >= self.config.key_cache_capacity && !t.contains_key(terminal_id) {
             if let Some(victim) = t.keys().next().cloned() {
@@ -560,13 +585,15 @@ impl Hsm {
 
     pub(crate) fn forget_key(&self, key_id: &str) {
         self.cache.invalidate_key_id(key_id);
-        // Aliases of the key were unbound or moved: drop them from the alias cache.
-        self.aliases
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, id| id != key_id);
+        // Aliases of the key were unbound or moved: drop them from the alias
+        // cache, and keep out any read of the store that began before.
+        {
+            let mut a = self.aliases.write().unwrap_or_else(|p| p.into_inner());
+            a.epoch += 1;
+            a.ids.retain(|_, id| id != key_id);
+        }
         // Terminals holding the key re-resolve on their next call.
-        let mut t = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.terminals.write().unwrap_or_else(|p| p.into_inner());
         t.retain(|_, tk| {
             let holds = |k: &Option<CachedKey>| {
                 k.as_ref().and_then(|k| k.meta().key_id.clone()).as_deref() == Some(key_id)

@@ -6,13 +6,14 @@
 use super::LoadedKey;
 use crate::sys::Locked;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 pub type CachedKey = Arc<Locked<LoadedKey>>;
 
 /// FIFO-evicting map from a reference (key id or key block) to a loaded key.
 pub struct KeyCache {
-    inner: Mutex<Inner>,
+    /// Reads (every call) share the lock; only inserts and evictions take it.
+    inner: RwLock<Inner>,
     capacity: usize,
 }
 
@@ -24,7 +25,7 @@ struct Inner {
 impl KeyCache {
     pub fn new(capacity: usize) -> KeyCache {
         KeyCache {
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 map: HashMap::new(),
                 order: VecDeque::new(),
             }),
@@ -32,13 +33,17 @@ impl KeyCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         // A poisoned cache holds only complete entries: keep using it.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, reference: &str) -> Option<CachedKey> {
-        self.lock().map.get(reference).cloned()
+        self.read().map.get(reference).cloned()
     }
 
     pub fn insert(&self, reference: String, key: LoadedKey) -> CachedKey {
@@ -84,7 +89,7 @@ impl KeyCache {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.read().map.len()
     }
 
     pub fn is_empty(&self) -> bool {

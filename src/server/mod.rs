@@ -12,7 +12,7 @@ use crate::hsm::{Category, Hsm, HsmError};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -100,47 +100,85 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// A connection's client certificate chain, as tonic hands it to each request.
+type PeerCerts = Arc<Vec<rustls::pki_types::CertificateDer<'static>>>;
+
 /// Resolves the caller of a request from its client certificate.
 pub struct Authz {
     access: AccessConfig,
-    /// DER → CN, so a certificate is parsed once per process, not per call.
-    seen: Mutex<HashMap<Vec<u8>, String>>,
+    /// Per connection: tonic shares one certificate chain (one `Arc`) among
+    /// all the requests of a TLS connection, so the chain's address names the
+    /// connection. The `Weak` kept here holds that allocation, so no later
+    /// connection can reuse the address while the entry lives. The hot path
+    /// is one read lock and an integer lookup — no DER hashed or compared.
+    connections: RwLock<HashMap<usize, Peer>>,
+}
+
+struct Peer {
+    chain: std::sync::Weak<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    identity: String,
+    role: Option<Role>,
 }
 
 impl Authz {
     pub fn new(access: AccessConfig) -> Authz {
         Authz {
             access,
-            seen: Mutex::new(HashMap::new()),
+            connections: RwLock::new(HashMap::new()),
         }
     }
 
-    fn identity<T>(&self, req: &tonic::Request<T>) -> Result<String, Status> {
-        let certs = req.peer_certs().ok_or_else(|| {
+    /// The caller's identity (CN) and role, parsed once per connection.
+    fn peer<T, R>(
+        &self,
+        req: &tonic::Request<T>,
+        then: impl FnOnce(&str, Option<Role>) -> R,
+    ) -> Result<R, Status> {
+        let certs: PeerCerts = req.peer_certs().ok_or_else(|| {
             Status::unauthenticated("no client certificate: poshsm accepts mutual TLS only")
         })?;
+        let addr = Arc::as_ptr(&certs) as usize;
+        if let Some(p) = self
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+        {
+            return Ok(then(&p.identity, p.role));
+        }
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-        let der: &[u8] = leaf.as_ref();
-        if let Some(cn) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
-            return Ok(cn.clone());
-        }
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|_| Status::unauthenticated("client certificate does not parse"))?;
-        let cn = cert
+        let identity = cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|c| c.as_str().ok())
             .unwrap_or_default()
             .to_string();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 10_000 {
-            seen.clear();
+        let role = self.access.0.get(&identity).copied();
+        let out = then(&identity, role);
+        let mut conns = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= 4096 {
+            // Closed connections: their chains are gone but for our Weak.
+            conns.retain(|_, p| p.chain.strong_count() > 0);
         }
-        seen.insert(der.to_vec(), cn.clone());
-        Ok(cn)
+        conns.insert(
+            addr,
+            Peer {
+                chain: Arc::downgrade(&certs),
+                identity,
+                role,
+            },
+        );
+        Ok(out)
+    }
+
+    /// The caller's identity (the CN of their certificate).
+    pub fn identity<T>(&self, req: &tonic::Request<T>) -> Result<String, Status> {
+        self.peer(req, |identity, _| identity.to_string())
     }
 
     /// The caller if their role is among `allowed`, else PERMISSION_DENIED.
@@ -150,11 +188,10 @@ impl Authz {
         allowed: &[Role],
         what: &str,
     ) -> Result<Caller, Status> {
-        let identity = self.identity(req)?;
-        match self.access.0.get(&identity) {
-            Some(role) if allowed.contains(role) => Ok(Caller {
-                identity,
-                role: *role,
+        self.peer(req, |identity, role| match role {
+            Some(role) if allowed.contains(&role) => Ok(Caller {
+                identity: identity.to_string(),
+                role,
             }),
             Some(role) => Err(deny(format!(
                 "client {identity:?} has role {role:?}, which may not {what}"
@@ -162,7 +199,7 @@ impl Authz {
             None => Err(deny(format!(
                 "client {identity:?} has no role in this module's access config"
             ))),
-        }
+        })?
     }
 }
 

@@ -1,0 +1,106 @@
+//! An alias follows its key: through a rotation, a retirement, and while calls
+//! race a series of rotations (the core caches alias → key id; a stale entry
+//! would keep a retired key's id under the alias).
+
+use poshsm::crypto::Algorithm;
+use poshsm::hsm::*;
+use poshsm::keys::{KeyType, Lmk};
+use poshsm::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const MESSAGE: &[u8] = b"0200 ISO 8583 message to MAC";
+
+fn mac(hsm: &Hsm, r: KeyRef) -> Result<Vec<u8>, HsmError> {
+    hsm.generate_mac(&MacRequest {
+        source: MacKeySource::Key(r),
+        algorithm: MacAlgorithm::Iso9797Alg3,
+        message: MESSAGE,
+        mac_length: 8,
+    })
+}
+
+fn alias() -> KeyRef {
+    KeyRef::Alias("zak.cups".into())
+}
+
+fn hsm() -> Arc<Hsm> {
+    Arc::new(Hsm::new(
+        Lmk::generate(),
+        Store::temporary().unwrap(),
+        HsmConfig::default(),
+    ))
+}
+
+#[test]
+fn an_alias_follows_its_key_through_rotation_and_retirement() {
+    let hsm = hsm();
+    let k0 = hsm
+        .generate_key(
+            "test",
+            GenerateKey {
+                key_type: KeyType::Zak,
+                algorithm: Algorithm::Tdes2,
+                alias: "zak.cups".into(),
+                exportable: false,
+            },
+        )
+        .unwrap();
+    let m0 = mac(&hsm, alias()).unwrap();
+    assert_eq!(m0, mac(&hsm, KeyRef::Id(k0.key_id.clone())).unwrap());
+
+    let k1 = hsm.rotate_key("test", &alias()).unwrap();
+    let m1 = mac(&hsm, alias()).unwrap();
+    assert_eq!(m1, mac(&hsm, KeyRef::Id(k1.key_id.clone())).unwrap());
+    assert_ne!(m0, m1, "the alias still names the rotated-out key");
+
+    hsm.retire_key("test", &alias()).unwrap();
+    let e = mac(&hsm, alias()).unwrap_err();
+    assert_eq!(e.reason, Reason::UnknownKey, "{e:?}");
+}
+
+#[test]
+fn calls_racing_rotations_end_on_the_last_key() {
+    let hsm = hsm();
+    hsm.generate_key(
+        "test",
+        GenerateKey {
+            key_type: KeyType::Zak,
+            algorithm: Algorithm::Tdes2,
+            alias: "zak.cups".into(),
+            exportable: false,
+        },
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (hsm, stop) = (hsm.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut ok = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match mac(&hsm, alias()) {
+                        Ok(_) => ok += 1,
+                        // read the old id just before the switch
+                        Err(e) if e.reason == Reason::KeyRetired => {}
+                        Err(e) => panic!("unexpected refusal during rotation: {e:?}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut last = None;
+    for _ in 0..100 {
+        last = Some(hsm.rotate_key("test", &alias()).unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let calls: u64 = callers.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(calls > 0);
+    let last = last.unwrap();
+    assert_eq!(
+        mac(&hsm, alias()).unwrap(),
+        mac(&hsm, KeyRef::Id(last.key_id)).unwrap(),
+        "after the rotations the alias must name the last key"
+    );
+}
