@@ -144,7 +144,7 @@ fn admin_cli_end_to_end() {
     assert_eq!(s(&zmk, "state"), "ACTIVE");
     assert!(is_kcv(s(&zmk, "kcv")));
     let zmk_id = s(&zmk, "key_id").to_string();
-    assert!(zmk_id.starts_with('k') && zmk_id.len() == 17, "{zmk_id}");
+    assert!(zmk_id.starts_with('k') && zmk_id.len() == 25, "{zmk_id}");
 
     let list = d.json(&["key", "list"]);
     let list = list.as_array().expect("key list is an array");

@@ -139,7 +139,8 @@ fn api_code(reason: Reason) -> String {
 }
 
 /// True if `text` has a run of 16 or more hex digits that is not a key id
-/// (`k` followed by exactly 16 hex digits): the shape of clear DES/TDES/AES key bytes.
+/// (`k` followed by exactly 24 hex digits, or 16 for ids minted before the
+/// time-ordered ones): the shape of clear DES/TDES/AES key bytes.
 fn has_key_shaped_hex(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
@@ -150,7 +151,7 @@ fn has_key_shaped_hex(text: &str) -> bool {
                 i += 1;
             }
             let len = i - start;
-            let key_id = len == 16 && start > 0 && b[start - 1] == b'k';
+            let key_id = (len == 16 || len == 24) && start > 0 && b[start - 1] == b'k';
             if len >= 16 && !key_id {
                 return true;
             }

@@ -461,7 +461,8 @@ pub fn key_ref(s: &str) -> pb::KeyRef {
 }
 
 fn looks_like_id(s: &str) -> bool {
-    s.len() == 17
+    // `k` + 16 hex digits (random; stores from before session 3) or + 24 (time + random)
+    (s.len() == 17 || s.len() == 25)
         && s.starts_with('k')
         && s[1..]
             .bytes()

@@ -206,7 +206,7 @@ impl From<StoreError> for HsmError {
         let reason = match &e {
             StoreError::AliasExists(_) => Reason::AliasExists,
             StoreError::TerminalExists(_) => Reason::TerminalExists,
-            StoreError::Conflict(_) => Reason::Conflict,
+            StoreError::Conflict(_) | StoreError::AliasMoved(_) => Reason::Conflict,
             _ => Reason::StoreError,
         };
         HsmError::new(reason, e.to_string())

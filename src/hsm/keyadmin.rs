@@ -622,12 +622,16 @@ impl Hsm {
             ..Default::default()
         };
         if !rec.alias.is_empty() {
-            batch.unbind_aliases.push(rec.alias.clone());
+            batch
+                .unbind_aliases
+                .push((rec.alias.clone(), rec.key_id.clone()));
         }
         batch.put_keys.push(rec.clone());
         let mut committed = self.commit(batch)?;
-        self.flush()?;
+        // Before the flush: no call starts on the retired key once it is committed.
         self.forget_key(&rec.key_id);
+        self.forget_alias(&rec.alias);
+        self.flush()?;
         Ok(committed.pop().unwrap_or(rec))
     }
 
@@ -679,7 +683,11 @@ impl Hsm {
             ..Default::default()
         };
         if !old.alias.is_empty() {
-            batch.unbind_aliases.push(old.alias.clone());
+            // Only if the alias still names the key read above: of two racing
+            // rotations of one key, one gets CONFLICT (not a lost update).
+            batch
+                .unbind_aliases
+                .push((old.alias.clone(), old.key_id.clone()));
             batch
                 .bind_aliases
                 .push((old.alias.clone(), new.key_id.clone()));
@@ -687,8 +695,9 @@ impl Hsm {
         batch.put_keys.push(old.clone());
         batch.put_keys.push(new.clone());
         let mut committed = self.commit(batch)?;
-        self.flush()?;
         self.forget_key(&old.key_id);
+        self.forget_alias(&old.alias);
+        self.flush()?;
         Ok(committed.pop().unwrap_or(new))
     }
 }

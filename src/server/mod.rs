@@ -111,7 +111,15 @@ pub struct Authz {
     /// connection. The `Weak` kept here holds that allocation, so no later
     /// connection can reuse the address while the entry lives. The hot path
     /// is one read lock and an integer lookup — no DER hashed or compared.
-    connections: RwLock<HashMap<usize, Peer>>,
+    connections: RwLock<Peers>,
+}
+
+#[derive(Default)]
+struct Peers {
+    by_chain: HashMap<usize, Peer>,
+    /// Prune closed connections when the map reaches this size (doubles with
+    /// the live ones, so pruning stays amortised however many are open).
+    prune_at: usize,
 }
 
 struct Peer {
@@ -124,7 +132,10 @@ impl Authz {
     pub fn new(access: AccessConfig) -> Authz {
         Authz {
             access,
-            connections: RwLock::new(HashMap::new()),
+            connections: RwLock::new(Peers {
+                by_chain: HashMap::new(),
+                prune_at: 4096,
+            }),
         }
     }
 
@@ -142,6 +153,7 @@ impl Authz {
             .connections
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .by_chain
             .get(&addr)
         {
             return Ok(then(&p.identity, p.role));
@@ -161,11 +173,12 @@ impl Authz {
         let role = self.access.0.get(&identity).copied();
         let out = then(&identity, role);
         let mut conns = self.connections.write().unwrap_or_else(|p| p.into_inner());
-        if conns.len() >= 4096 {
+        if conns.by_chain.len() >= conns.prune_at {
             // Closed connections: their chains are gone but for our Weak.
-            conns.retain(|_, p| p.chain.strong_count() > 0);
+            conns.by_chain.retain(|_, p| p.chain.strong_count() > 0);
+            conns.prune_at = (conns.by_chain.len() * 2).max(4096);
         }
-        conns.insert(
+        conns.by_chain.insert(
             addr,
             Peer {
                 chain: Arc::downgrade(&certs),

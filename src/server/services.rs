@@ -291,21 +291,27 @@ impl KeyAdminService {
         KeyAdminService { hsm, authz }
     }
 
-    /// Control-plane authorisation; a denial is itself audited.
-    fn admin<T>(&self, req: &Request<T>, allowed: &[Role], op: &str) -> Result<String, Status> {
-        match self.authz.check(req, allowed, op) {
-            Ok(c) => Ok(c.identity),
-            Err(s) => {
-                let actor = self.authz.identity(req).unwrap_or_default();
-                let _ = self.hsm.audit(vec![AuditDraft {
-                    actor,
-                    operation: op.to_string(),
-                    outcome: "PERMISSION_DENIED".into(),
-                    ..Default::default()
-                }]);
-                Err(s)
-            }
-        }
+    /// Control-plane authorisation; a denial is itself audited (durably,
+    /// on the blocking pool: the commit and fsync stay off the async workers).
+    async fn admin<T>(
+        &self,
+        req: &Request<T>,
+        allowed: &[Role],
+        op: &str,
+    ) -> Result<String, Status> {
+        let (denied, actor) = match self.authz.check(req, allowed, op) {
+            Ok(c) => return Ok(c.identity),
+            Err(s) => (s, self.authz.identity(req).unwrap_or_default()),
+        };
+        let hsm = self.hsm.clone();
+        let draft = AuditDraft {
+            actor,
+            operation: op.to_string(),
+            outcome: "PERMISSION_DENIED".into(),
+            ..Default::default()
+        };
+        let _ = tokio::task::spawn_blocking(move || hsm.audit(vec![draft])).await;
+        Err(denied)
     }
 }
 
@@ -317,7 +323,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::GenerateKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
-        let actor = self.admin(&req, CONTROL, "GenerateKey")?;
+        let actor = self.admin(&req, CONTROL, "GenerateKey").await?;
         let g = cv::generate_key(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
@@ -329,7 +335,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::ImportKeyComponentsRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
-        let actor = self.admin(&req, CONTROL, "ImportKeyComponents")?;
+        let actor = self.admin(&req, CONTROL, "ImportKeyComponents").await?;
         let c = cv::import_components(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
@@ -341,7 +347,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::ImportKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
-        let actor = self.admin(&req, CONTROL, "ImportKey")?;
+        let actor = self.admin(&req, CONTROL, "ImportKey").await?;
         let i = cv::import_key(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
@@ -353,7 +359,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::ExportKeyRequest>,
     ) -> Result<Response<pb::ExportKeyResponse>, Status> {
-        let actor = self.admin(&req, CONTROL, "ExportKey")?;
+        let actor = self.admin(&req, CONTROL, "ExportKey").await?;
         let e = cv::export_key(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         let out = blocking(move || hsm.export_key(&actor, e)).await?;
@@ -368,7 +374,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::CreateTerminalRequest>,
     ) -> Result<Response<pb::TerminalInfo>, Status> {
-        let actor = self.admin(&req, CONTROL, "CreateTerminal")?;
+        let actor = self.admin(&req, CONTROL, "CreateTerminal").await?;
         let c = cv::create_terminal(req.into_inner()).map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::terminal_info(
@@ -377,7 +383,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
     }
 
     async fn get_key(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::KeyInfo>, Status> {
-        self.admin(&req, READ_ONLY, "GetKey")?;
+        self.admin(&req, READ_ONLY, "GetKey").await?;
         let r = cv::key_ref(Some(req.get_ref()), "key").map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
@@ -389,7 +395,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.admin(&req, READ_ONLY, "ListKeys")?;
+        self.admin(&req, READ_ONLY, "ListKeys").await?;
         let r = req.into_inner();
         let kt = cv::list_keys_type(r.key_type).map_err(status)?;
         let hsm = self.hsm.clone();
@@ -402,7 +408,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
     }
 
     async fn retire_key(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::KeyInfo>, Status> {
-        let actor = self.admin(&req, CONTROL, "RetireKey")?;
+        let actor = self.admin(&req, CONTROL, "RetireKey").await?;
         let r = cv::key_ref(Some(req.get_ref()), "key").map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
@@ -411,7 +417,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
     }
 
     async fn rotate_key(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::KeyInfo>, Status> {
-        let actor = self.admin(&req, CONTROL, "RotateKey")?;
+        let actor = self.admin(&req, CONTROL, "RotateKey").await?;
         let r = cv::key_ref(Some(req.get_ref()), "key").map_err(status)?;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::key_info(
@@ -423,7 +429,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::GetTerminalRequest>,
     ) -> Result<Response<pb::TerminalInfo>, Status> {
-        self.admin(&req, READ_ONLY, "GetTerminal")?;
+        self.admin(&req, READ_ONLY, "GetTerminal").await?;
         let tid = req.into_inner().terminal_id;
         let hsm = self.hsm.clone();
         Ok(Response::new(cv::terminal_info(
@@ -435,7 +441,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::ListTerminalsRequest>,
     ) -> Result<Response<pb::ListTerminalsResponse>, Status> {
-        self.admin(&req, READ_ONLY, "ListTerminals")?;
+        self.admin(&req, READ_ONLY, "ListTerminals").await?;
         let r = req.into_inner();
         let hsm = self.hsm.clone();
         let (list, next) =
@@ -452,7 +458,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::GetAuditLogRequest>,
     ) -> Result<Response<AuditStream>, Status> {
-        self.admin(&req, READ_ONLY, "GetAuditLog")?;
+        self.admin(&req, READ_ONLY, "GetAuditLog").await?;
         let since = req.into_inner().since_seq;
         let hsm = self.hsm.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -486,7 +492,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        self.admin(&req, READ_ONLY, "VerifyAuditLog")?;
+        self.admin(&req, READ_ONLY, "VerifyAuditLog").await?;
         let hsm = self.hsm.clone();
         let r = tokio::task::spawn_blocking(move || hsm.verify_audit_log())
             .await
@@ -509,7 +515,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.admin(&req, READ_ONLY, "GetStatus")?;
+        self.admin(&req, READ_ONLY, "GetStatus").await?;
         let s = self.hsm.status();
         Ok(Response::new(pb::StatusResponse {
             state: s.state.to_string(),
@@ -526,7 +532,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::RotateLmkRequest>,
     ) -> Result<Response<pb::LmkChangeResponse>, Status> {
-        let actor = self.admin(&req, CONTROL, "RotateLmk")?;
+        let actor = self.admin(&req, CONTROL, "RotateLmk").await?;
         let r = req.into_inner();
         let pw = cv::passphrases(r.passphrases).map_err(status)?;
         let adopt = Some(r.adopt_sealed_set).filter(|s| !s.is_empty());
@@ -542,7 +548,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         &self,
         req: Request<pb::RetirePreviousLmkRequest>,
     ) -> Result<Response<pb::LmkChangeResponse>, Status> {
-        let actor = self.admin(&req, CONTROL, "RetirePreviousLmk")?;
+        let actor = self.admin(&req, CONTROL, "RetirePreviousLmk").await?;
         let hsm = self.hsm.clone();
         let c = blocking(move || hsm.retire_previous_lmk(&actor)).await?;
         Ok(Response::new(pb::LmkChangeResponse {

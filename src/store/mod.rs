@@ -43,6 +43,8 @@ pub enum StoreError {
     TerminalExists(String),
     #[error("terminal {0:?} changed while this operation ran; retry")]
     Conflict(String),
+    #[error("alias {0:?} was moved by another operation while this one ran; retry")]
+    AliasMoved(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -108,7 +110,8 @@ pub struct Batch {
     pub delete_keys: Vec<String>,
     /// Aliases to bind: (alias, key id). Fails with AliasExists if bound to another key.
     pub bind_aliases: Vec<(String, String)>,
-    pub unbind_aliases: Vec<String>,
+    /// Aliases to unbind: (alias, key id it must still name), else AliasMoved.
+    pub unbind_aliases: Vec<(String, String)>,
     /// Terminals to insert; fails with TerminalExists if present.
     pub create_terminals: Vec<TerminalRecord>,
     /// Terminals to update: (record, expected key_version before) for optimistic concurrency.
@@ -118,6 +121,29 @@ pub struct Batch {
 
 /// `next_seq` of an audit head whose last event did not decode.
 const POISONED: u64 = u64::MAX;
+
+/// The chain's head as the audit tree holds it now.
+fn audit_head(audit: &sled::Tree) -> Result<AuditHead, StoreError> {
+    Ok(match audit.last()? {
+        // A corrupt last event must not stop the store from opening: the
+        // self-test's chain verification then puts the module in ALARM, and
+        // the poisoned head refuses any further append.
+        Some((k, v)) => match decode::<AuditRecord>("audit", &k, &v) {
+            Ok(rec) => AuditHead {
+                next_seq: rec.seq + 1,
+                last_hash: rec.hash,
+            },
+            Err(_) => AuditHead {
+                next_seq: POISONED,
+                last_hash: [0u8; 32],
+            },
+        },
+        None => AuditHead {
+            next_seq: 1,
+            last_hash: [0u8; 32],
+        },
+    })
+}
 
 struct AuditHead {
     next_seq: u64,
@@ -284,25 +310,7 @@ impl Store {
         let terminals = db.open_tree("terminals")?;
         let audit = db.open_tree("audit")?;
         let meta = db.open_tree("meta")?;
-        let head = match audit.last()? {
-            // A corrupt last event must not stop the store from opening: the
-            // self-test's chain verification then puts the module in ALARM, and
-            // the poisoned head refuses any further append.
-            Some((k, v)) => match decode::<AuditRecord>("audit", &k, &v) {
-                Ok(rec) => AuditHead {
-                    next_seq: rec.seq + 1,
-                    last_hash: rec.hash,
-                },
-                Err(_) => AuditHead {
-                    next_seq: POISONED,
-                    last_hash: [0u8; 32],
-                },
-            },
-            None => AuditHead {
-                next_seq: 1,
-                last_hash: [0u8; 32],
-            },
-        };
+        let head = audit_head(&audit)?;
         Ok(Store {
             db,
             keys: RwLock::new(keys),
@@ -650,6 +658,7 @@ impl Store {
                     self.commit_group(group.into_iter().map(|(_, b)| b).collect())
                 }))
                 .unwrap_or_else(|_| {
+                    self.reload_audit_head();
                     tickets
                         .iter()
                         .map(|_| Err(StoreError::Io("the commit group failed".into())))
@@ -716,7 +725,7 @@ impl Store {
                     for (id, bytes) in &enc.keys {
                         keys.insert(id.as_bytes(), bytes.as_slice())?;
                     }
-                    for alias in &batch.unbind_aliases {
+                    for (alias, _) in &batch.unbind_aliases {
                         aliases.remove(alias.as_bytes())?;
                     }
                     for (alias, id) in &batch.bind_aliases {
@@ -753,6 +762,12 @@ impl Store {
                     .collect()
             }
             Err(TransactionError::Storage(e)) => {
+                // sled applies a transaction's trees one after another: a
+                // failure part-way may have left some of this group's audit
+                // events in. Continue the chain from what is there, never
+                // over it (the module is in ALARM by now anyway).
+                drop(head);
+                self.reload_audit_head();
                 let msg = e.to_string();
                 group
                     .iter()
@@ -760,6 +775,17 @@ impl Store {
                     .collect()
             }
         }
+    }
+}
+
+impl Store {
+    /// Re-reads the chain's head from the audit tree (after a failed group).
+    fn reload_audit_head(&self) {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        *head = audit_head(&self.audit).unwrap_or(AuditHead {
+            next_seq: POISONED,
+            last_hash: [0u8; 32],
+        });
     }
 }
 
@@ -798,9 +824,17 @@ fn preconditions(
     aliases: &sled::transaction::TransactionalTree,
     terminals: &sled::transaction::TransactionalTree,
 ) -> Result<Result<(), StoreError>, sled::transaction::UnabortableTransactionError> {
+    for (alias, expected) in &batch.unbind_aliases {
+        let current = aliases.get(alias.as_bytes())?;
+        if current.as_deref() != Some(expected.as_bytes()) {
+            return Ok(Err(StoreError::AliasMoved(alias.clone())));
+        }
+    }
     for (alias, id) in &batch.bind_aliases {
         if let Some(existing) = aliases.get(alias.as_bytes())? {
-            if existing.as_ref() != id.as_bytes() && !batch.unbind_aliases.contains(alias) {
+            if existing.as_ref() != id.as_bytes()
+                && !batch.unbind_aliases.iter().any(|(a, _)| a == alias)
+            {
                 return Ok(Err(StoreError::AliasExists(alias.clone())));
             }
         }
@@ -1057,6 +1091,14 @@ mod tests {
                 audit: vec![draft("stale sign-in")],
                 ..Default::default()
             },
+            // a rotation that read zpk -> lost2 (never bound): the alias moved
+            Batch {
+                put_keys: vec![key("lost4")],
+                unbind_aliases: vec![("zpk".into(), "lost2".into())],
+                bind_aliases: vec![("zpk".into(), "lost4".into())],
+                audit: vec![draft("stale rotation")],
+                ..Default::default()
+            },
         ]);
         let kinds: Vec<String> = outcomes
             .iter()
@@ -1065,15 +1107,16 @@ mod tests {
                 Err(StoreError::TerminalExists(_)) => "exists".into(),
                 Err(StoreError::AliasExists(_)) => "alias".into(),
                 Err(StoreError::Conflict(_)) => "conflict".into(),
+                Err(StoreError::AliasMoved(_)) => "moved".into(),
                 Err(e) => format!("{e}"),
             })
             .collect();
         assert_eq!(
             kinds,
-            ["ok1", "exists", "ok2", "alias", "ok1", "conflict"],
+            ["ok1", "exists", "ok2", "alias", "ok1", "conflict", "moved"],
             "each batch gets its own outcome"
         );
-        for lost in ["lost1", "lost2", "lost3"] {
+        for lost in ["lost1", "lost2", "lost3", "lost4"] {
             assert!(s.get_key(lost).unwrap().is_none(), "{lost} half-written");
         }
         assert_eq!(s.key_id_for_alias("zpk").unwrap().as_deref(), Some("k1"));
