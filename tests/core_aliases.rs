@@ -104,3 +104,57 @@ fn calls_racing_rotations_end_on_the_last_key() {
         "after the rotations the alias must name the last key"
     );
 }
+
+#[test]
+fn racing_rotations_of_one_key_never_leave_two_active_successors() {
+    let hsm = hsm();
+    hsm.generate_key(
+        "test",
+        GenerateKey {
+            key_type: KeyType::Zak,
+            algorithm: Algorithm::Tdes2,
+            alias: "zak.cups".into(),
+            exportable: false,
+        },
+    )
+    .unwrap();
+    let rotators: Vec<_> = (0..4)
+        .map(|_| {
+            let hsm = hsm.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut conflicts) = (0, 0);
+                for _ in 0..25 {
+                    match hsm.rotate_key("test", &alias()) {
+                        Ok(_) => ok += 1,
+                        // lost the race: the alias or the key moved under us
+                        Err(e) if matches!(e.reason, Reason::Conflict | Reason::KeyRetired) => {
+                            conflicts += 1
+                        }
+                        Err(e) => panic!("unexpected: {e:?}"),
+                    }
+                }
+                (ok, conflicts)
+            })
+        })
+        .collect();
+    let (ok, conflicts) = rotators
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(ok > 0, "no rotation succeeded ({conflicts} conflicts)");
+    let (keys, _) = hsm.list_keys(Some(KeyType::Zak), 1000, "").unwrap();
+    let active: Vec<_> = keys
+        .iter()
+        .filter(|k| k.state == poshsm::store::STATE_ACTIVE)
+        .collect();
+    assert_eq!(
+        active.len(),
+        1,
+        "{ok} rotations, {conflicts} conflicts: {active:?}"
+    );
+    assert_eq!(keys.len(), 1 + ok, "one new key per successful rotation");
+    assert_eq!(
+        mac(&hsm, alias()).unwrap(),
+        mac(&hsm, KeyRef::Id(active[0].key_id.clone())).unwrap()
+    );
+}
