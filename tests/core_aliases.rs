@@ -24,18 +24,14 @@ fn alias() -> KeyRef {
     KeyRef::Alias("zak.cups".into())
 }
 
-fn hsm() -> Arc<Hsm> {
-    Arc::new(Hsm::new(
+/// A core with one ZAK under the alias `zak.cups`.
+fn hsm_with_zak() -> (Arc<Hsm>, KeyInfo) {
+    let hsm = Arc::new(Hsm::new(
         Lmk::generate(),
         Store::temporary().unwrap(),
         HsmConfig::default(),
-    ))
-}
-
-#[test]
-fn an_alias_follows_its_key_through_rotation_and_retirement() {
-    let hsm = hsm();
-    let k0 = hsm
+    ));
+    let zak = hsm
         .generate_key(
             "test",
             GenerateKey {
@@ -46,6 +42,12 @@ fn an_alias_follows_its_key_through_rotation_and_retirement() {
             },
         )
         .unwrap();
+    (hsm, zak)
+}
+
+#[test]
+fn an_alias_follows_its_key_through_rotation_and_retirement() {
+    let (hsm, k0) = hsm_with_zak();
     let m0 = mac(&hsm, alias()).unwrap();
     assert_eq!(m0, mac(&hsm, KeyRef::Id(k0.key_id.clone())).unwrap());
 
@@ -61,17 +63,7 @@ fn an_alias_follows_its_key_through_rotation_and_retirement() {
 
 #[test]
 fn calls_racing_rotations_end_on_the_last_key() {
-    let hsm = hsm();
-    hsm.generate_key(
-        "test",
-        GenerateKey {
-            key_type: KeyType::Zak,
-            algorithm: Algorithm::Tdes2,
-            alias: "zak.cups".into(),
-            exportable: false,
-        },
-    )
-    .unwrap();
+    let (hsm, _) = hsm_with_zak();
     let stop = Arc::new(AtomicBool::new(false));
     let callers: Vec<_> = (0..4)
         .map(|_| {
@@ -107,17 +99,7 @@ fn calls_racing_rotations_end_on_the_last_key() {
 
 #[test]
 fn racing_rotations_of_one_key_never_leave_two_active_successors() {
-    let hsm = hsm();
-    hsm.generate_key(
-        "test",
-        GenerateKey {
-            key_type: KeyType::Zak,
-            algorithm: Algorithm::Tdes2,
-            alias: "zak.cups".into(),
-            exportable: false,
-        },
-    )
-    .unwrap();
+    let (hsm, _) = hsm_with_zak();
     let rotators: Vec<_> = (0..4)
         .map(|_| {
             let hsm = hsm.clone();
