@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
+        // tonic's prost codec with a small starting buffer (src/server/codec.rs).
+        .codec_path("crate::server::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

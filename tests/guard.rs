@@ -157,3 +157,93 @@ fn the_guard_is_configured_from_the_config_file() {
         "unknown keys are errors"
     );
 }
+
+/// The hot path reaches a terminal's bucket through its cached entry; a new
+/// sign-in (a new entry) or an eviction from the terminal cache must not hand
+/// the terminal a fresh, full bucket.
+#[test]
+fn the_trigger_survives_a_new_sign_in_and_eviction_from_the_cache() {
+    use poshsm::crypto::Algorithm;
+    use poshsm::keys::{KeyType, Lmk};
+    let hsm = Hsm::new(
+        Lmk::generate(),
+        poshsm::store::Store::temporary().unwrap(),
+        HsmConfig {
+            key_cache_capacity: 16,
+            ..config(3.0, 50.0)
+        },
+    );
+    let gen = |t: KeyType, alias: &str| {
+        hsm.generate_key(
+            "test",
+            GenerateKey {
+                key_type: t,
+                algorithm: Algorithm::Tdes2,
+                alias: alias.into(),
+                exportable: false,
+            },
+        )
+        .unwrap()
+    };
+    let tmk = gen(KeyType::Tmk, "tmk");
+    gen(KeyType::Zpk, "zpk");
+    let sign_in = |tid: &str| {
+        hsm.sign_in(
+            "posp",
+            SignIn {
+                source: SignInSource::Terminal(tid.into()),
+                algorithm: None,
+                include_tdk: false,
+                layout: None,
+                check_value_length: 0,
+            },
+        )
+        .unwrap()
+    };
+    let ids: Vec<String> = (0..40).map(|i| format!("G{i:07}")).collect();
+    for id in &ids {
+        hsm.create_terminal(
+            "admin",
+            CreateTerminal {
+                terminal_id: id.clone(),
+                merchant_id: String::new(),
+                tmk: Some(KeyRef::Id(tmk.key_id.clone())),
+                tmk_algorithm: None,
+            },
+        )
+        .unwrap();
+        sign_in(id);
+    }
+    // A block that does not decode: the call still spends a token first.
+    let translate = |tid: &str| {
+        hsm.translate_pin(&TranslatePin {
+            source: PinKeySource::Terminal(tid.into()),
+            dest: KeyRef::Alias("zpk".into()),
+            pin_block: vec![0x5a; 8],
+            pan: "6228480402564890018".into(),
+            source_format: poshsm::crypto::pinblock::PinBlockFormat::Iso0,
+            dest_format: poshsm::crypto::pinblock::PinBlockFormat::Iso0,
+        })
+        .unwrap_err()
+        .reason
+    };
+    for _ in 0..3 {
+        assert_eq!(translate(&ids[0]), Reason::InvalidPinBlock);
+    }
+    assert_eq!(translate(&ids[0]), Reason::TerminalThrottled);
+    sign_in(&ids[0]);
+    assert_eq!(
+        translate(&ids[0]),
+        Reason::TerminalThrottled,
+        "reset by a sign-in"
+    );
+    // 39 other terminals through a 16-entry cache: ids[0]'s entry is evicted.
+    for id in &ids[1..] {
+        assert_eq!(translate(id), Reason::InvalidPinBlock);
+    }
+    assert_eq!(
+        translate(&ids[0]),
+        Reason::TerminalThrottled,
+        "reset by eviction"
+    );
+}

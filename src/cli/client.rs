@@ -69,3 +69,126 @@ pub async fn connect(cfg: &ClientConfig) -> Result<Channel, String> {
     let key = read(&cfg.key, "client key")?;
     connect_pem(&cfg.addr, &ca, &cert, &key).await
 }
+
+/// A TLS stream that tells h2 it cannot write vectored. h2 then copies DATA
+/// payloads of up to 1 KiB into its write buffer, so the requests of concurrent
+/// calls leave in one TLS record and one `send`; over a vectored stream it
+/// writes every payload of 256 bytes or more on its own (h2's
+/// `CHAIN_THRESHOLD`), one record and one system call per request. The load
+/// generator uses it so that what it measures is the daemon, not that rule.
+struct Coalescing(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for Coalescing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Coalescing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    // is_write_vectored: the default, false.
+}
+
+/// Opens TCP + mutual TLS to one address for a tonic channel.
+#[derive(Clone)]
+struct CoalescingConnector {
+    addr: String,
+    tls: tokio_rustls::TlsConnector,
+}
+
+type ConnectFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = std::io::Result<hyper_util::rt::TokioIo<Coalescing>>>
+            + Send,
+    >,
+>;
+
+impl tower::Service<http::Uri> for CoalescingConnector {
+    type Response = hyper_util::rt::TokioIo<Coalescing>;
+    type Error = std::io::Error;
+    type Future = ConnectFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> ConnectFuture {
+        let (addr, tls) = (self.addr.clone(), self.tls.clone());
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from("localhost")
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tls.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(Coalescing(tls)))
+        })
+    }
+}
+
+/// Like [`connect`], over the load generator's coalescing TLS stream
+/// (see [`Coalescing`]); same certificates, windows and verification.
+pub async fn connect_coalescing(cfg: &ClientConfig) -> Result<Channel, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    crate::server::install_crypto_provider();
+    let ca = read(&cfg.ca, "CA certificate")?;
+    let cert = read(&cfg.cert, "client certificate")?;
+    let key = read(&cfg.key, "client key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        let c = c.map_err(|e| format!("CA certificate: {e}"))?;
+        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("client certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("client key: {e}"))?;
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let addr = cfg
+        .addr
+        .strip_prefix("https://")
+        .unwrap_or(&cfg.addr)
+        .to_string();
+    let connector = CoalescingConnector {
+        addr: addr.clone(),
+        tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)),
+    };
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .initial_stream_window_size(1024 * 1024)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            format!("cannot connect to poshsm at {addr}: {e} (is `poshsm serve` running there?)")
+        })
+}

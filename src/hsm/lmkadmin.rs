@@ -432,10 +432,7 @@ impl Hsm {
         }
         // Blocks of the retired LMK may sit in the cache under their text.
         self.cache_ref().clear();
-        self.terminals
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.terminal_cache_clear();
         tracing::info!(retired = %prev_kcv, current = %cur_kcv, "previous LMK retired");
         if let Err(e) = self.audit(vec![draft(
             actor,

@@ -3,11 +3,20 @@
 //! CMAC. Verification compares in constant time; a wrong MAC is `false`, not
 //! an error. Only MAC-class keys are accepted.
 
+use super::guard::{Slot, Verdict};
 use super::{err, Hsm, HsmError, KeyRef, Reason};
 use crate::crypto::{mac, Algorithm};
 use crate::keys::cache::CachedKey;
 use crate::keys::{KeyClass, KeyType};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
+
+/// What a MAC call works with (see `Hsm::mac_keys`).
+struct MacKeys {
+    key: CachedKey,
+    prev: Option<CachedKey>,
+    slot: Option<Arc<Slot>>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MacAlgorithm {
@@ -60,7 +69,9 @@ fn compute(key: &CachedKey, alg: MacAlgorithm, message: &[u8]) -> Result<Vec<u8>
 }
 
 impl Hsm {
-    fn mac_keys(&self, source: &MacKeySource) -> Result<(CachedKey, Option<CachedKey>), HsmError> {
+    /// The MAC key, the previous MAK inside its grace period, and for a
+    /// terminal its MAC-failure bucket.
+    fn mac_keys(&self, source: &MacKeySource) -> Result<MacKeys, HsmError> {
         match source {
             MacKeySource::Terminal(tid) => {
                 let tk = self.terminal_keys(tid)?;
@@ -76,9 +87,17 @@ impl Hsm {
                     .as_ref()
                     .filter(|(_, since)| crate::now_unix() - since <= grace)
                     .map(|(k, _)| k.clone());
-                Ok((mak, prev))
+                Ok(MacKeys {
+                    key: mak,
+                    prev,
+                    slot: Some(tk.mac_slot.clone()),
+                })
             }
-            MacKeySource::Key(r) => Ok((self.load_class(r, &[KeyClass::Mac], "for MACs")?, None)),
+            MacKeySource::Key(r) => Ok(MacKeys {
+                key: self.load_class(r, &[KeyClass::Mac], "for MACs")?,
+                prev: None,
+                slot: None,
+            }),
         }
     }
 
@@ -99,7 +118,7 @@ impl Hsm {
     pub fn generate_mac(&self, req: &MacRequest<'_>) -> Result<Vec<u8>, HsmError> {
         self.check_ready()?;
         self.check_message(req.message)?;
-        let (key, _) = self.mac_keys(&req.source)?;
+        let key = self.mac_keys(&req.source)?.key;
         let mut out = compute(&key, req.algorithm, req.message)?;
         let n = match req.mac_length {
             0 => out.len(),
@@ -122,8 +141,17 @@ impl Hsm {
     pub fn verify_mac(&self, req: &MacRequest<'_>, mac: &[u8]) -> Result<bool, HsmError> {
         self.check_ready()?;
         self.check_message(req.message)?;
-        let (key, prev) = self.mac_keys(&req.source)?;
-        // The security trigger counts MAC failures per terminal (or terminal MAC key).
+        let MacKeys { key, prev, slot } = self.mac_keys(&req.source)?;
+        // The security trigger counts MAC failures per terminal (or terminal MAC
+        // key); a terminal's bucket comes with its keys.
+        let guard = |subject: &str, take: bool| -> Verdict {
+            match (&slot, take) {
+                (Some(s), false) => self.mac_guard.check_slot(s),
+                (Some(s), true) => self.mac_guard.take_slot(s),
+                (None, false) => self.mac_guard.check(subject),
+                (None, true) => self.mac_guard.take(subject),
+            }
+        };
         let subject = match &req.source {
             MacKeySource::Terminal(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
             MacKeySource::Key(r) if key.key_type() == KeyType::Tak => {
@@ -136,14 +164,14 @@ impl Hsm {
             MacKeySource::Key(_) => None,
         };
         if let Some(s) = &subject {
-            if let super::guard::Verdict::Throttled { first } = self.mac_guard.check(s) {
+            if let Verdict::Throttled { first } = guard(s, false) {
                 return Err(self.throttled("VerifyMac", s, first));
             }
         }
         let valid = self.verify_with(req, mac, &key, prev)?;
         if !valid {
             if let Some(s) = &subject {
-                if let super::guard::Verdict::Throttled { first } = self.mac_guard.take(s) {
+                if let Verdict::Throttled { first } = guard(s, true) {
                     // This failure is reported; the trigger holds the next calls back.
                     if first {
                         let _ = self.throttled("VerifyMac", s, true);

@@ -116,6 +116,11 @@ pub(crate) struct TerminalKeys {
     pub mak: Option<CachedKey>,
     /// The previous MAK and the time its successor was issued.
     pub prev_mak: Option<(CachedKey, i64)>,
+    /// The terminal's security-trigger buckets (PIN translations, MAC
+    /// failures): the guards' own, shared, so a new entry after a sign-in or
+    /// an eviction continues the same count.
+    pub pin_slot: Arc<guard::Slot>,
+    pub mac_slot: Arc<guard::Slot>,
 }
 
 /// The HSM core. Cheap to share behind an `Arc`.
@@ -132,9 +137,14 @@ pub struct Hsm {
     lmk_admin: Mutex<()>,
     store: Arc<Store>,
     cache: KeyCache,
-    terminals: RwLock<HashMap<String, Arc<TerminalKeys>>>,
+    /// Cached terminal entries, sharded by terminal id so that calls on
+    /// different cores rarely take the same lock.
+    terminals: Vec<RwLock<HashMap<String, Arc<TerminalKeys>>>>,
     config: HsmConfig,
     alarm: RwLock<Option<String>>,
+    /// Set (never cleared) with `alarm`: the hot path reads this flag instead
+    /// of taking the lock, so calls on two cores do not trade its cache line.
+    alarmed: std::sync::atomic::AtomicBool,
     /// alias → key id, so the hot path does not read the store per call.
     aliases: RwLock<AliasCache>,
     pub(crate) pin_guard: guard::Guard,
@@ -212,7 +222,7 @@ impl Hsm {
             aliases: RwLock::new(AliasCache::default()),
             pin_guard: guard::Guard::new(config.pin_guard),
             mac_guard: guard::Guard::new(config.mac_failure_guard),
-            terminals: RwLock::new(HashMap::new()),
+            terminals: (0..16).map(|_| RwLock::new(HashMap::new())).collect(),
             lmks: RwLock::new(Arc::new(lmks)),
             lmk_file,
             commit_gate: RwLock::new(()),
@@ -220,6 +230,7 @@ impl Hsm {
             store: Arc::new(store),
             config,
             alarm: RwLock::new(None),
+            alarmed: std::sync::atomic::AtomicBool::new(false),
         };
         if let Err(reason) = selftest::run(&hsm) {
             tracing::error!(%reason, "self-test failed: module in ALARM");
@@ -266,6 +277,8 @@ impl Hsm {
         if a.is_none() {
             *a = Some(reason.into());
         }
+        self.alarmed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn alarm(&self) -> Option<String> {
@@ -273,6 +286,9 @@ impl Hsm {
     }
 
     pub(crate) fn check_ready(&self) -> Result<(), HsmError> {
+        if !self.alarmed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.alarm.read().unwrap_or_else(|p| p.into_inner()) {
             None => Ok(()),
             Some(r) => Err(err(Reason::ModuleAlarm, format!("module is in ALARM: {r}"))),
@@ -400,7 +416,14 @@ impl Hsm {
             KeyRef::Alias(alias) => {
                 let (cached, epoch) = {
                     let a = self.aliases.read().unwrap_or_else(|p| p.into_inner());
-                    (a.ids.get(alias.as_str()).cloned(), a.epoch)
+                    match a.ids.get(alias.as_str()) {
+                        // Hot path: the bound key is in the key cache; no id copy.
+                        Some(id) => match self.cache.get(id) {
+                            Some(k) => return Ok(k),
+                            None => (Some(id.clone()), a.epoch),
+                        },
+                        None => (None, a.epoch),
+                    }
                 };
                 if let Some(id) = cached {
                     return self.load_by_id(&id);
@@ -578,8 +601,13 @@ impl Hsm {
         Ok(())
     }
 
+    fn terminal_shard(&self, terminal_id: &str) -> &RwLock<HashMap<String, Arc<TerminalKeys>>> {
+        let n = self.terminals.len() as u64;
+        &self.terminals[(guard::fnv1a(terminal_id) % n) as usize]
+    }
+
     pub(crate) fn terminal_cache_get(&self, terminal_id: &str) -> Option<Arc<TerminalKeys>> {
-        self.terminals
+        self.terminal_shard(terminal_id)
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(terminal_id)
@@ -587,14 +615,29 @@ impl Hsm {
     }
 
     pub(crate) fn terminal_cache_put(&self, terminal_id: &str, keys: Arc<TerminalKeys>) {
-        let mut t = self.terminals.write().unwrap_or_else(|p| p.into_inner());
+        let per_shard = self
+            .config
+            .key_cache_capacity
+            .div_ceil(self.terminals.len())
+            .max(1);
+        let mut t = self
+            .terminal_shard(terminal_id)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         // Bounded like the key cache: a terminal's keys are re-read from the store on a miss.
-        if t.len() >= self.config.key_cache_capacity && !t.contains_key(terminal_id) {
+        if t.len() >= per_shard && !t.contains_key(terminal_id) {
             if let Some(victim) = t.keys().next().cloned() {
                 t.remove(&victim);
             }
         }
         t.insert(terminal_id.to_string(), keys);
+    }
+
+    /// Drops every cached terminal entry (their keys are re-read on the next call).
+    pub(crate) fn terminal_cache_clear(&self) {
+        for shard in &self.terminals {
+            shard.write().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 
     /// Drops `alias` from the alias cache (its binding changed).
@@ -617,13 +660,15 @@ impl Hsm {
             a.ids.retain(|_, id| id != key_id);
         }
         // Terminals holding the key re-resolve on their next call.
-        let mut t = self.terminals.write().unwrap_or_else(|p| p.into_inner());
-        t.retain(|_, tk| {
-            let holds = |k: &Option<CachedKey>| {
-                k.as_ref().and_then(|k| k.meta().key_id.clone()).as_deref() == Some(key_id)
-            };
-            !(holds(&tk.pik) || holds(&tk.mak))
-        });
+        let holds = |k: &Option<CachedKey>| {
+            k.as_ref().and_then(|k| k.meta().key_id.as_deref()) == Some(key_id)
+        };
+        for shard in &self.terminals {
+            shard
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, tk| !(holds(&tk.pik) || holds(&tk.mak)));
+        }
     }
 }
 

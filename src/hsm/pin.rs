@@ -3,10 +3,12 @@
 //! format, without the clear PIN ever leaving this function. Format changes
 //! that would drop the PAN binding (anything → ISO 1) are refused by default.
 
+use super::guard::{Slot, Verdict};
 use super::{err, Hsm, HsmError, KeyRef, Reason};
 use crate::crypto::pinblock::{self, Pan, PinBlockFormat};
 use crate::keys::cache::CachedKey;
 use crate::keys::{KeyClass, KeyType};
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub enum PinKeySource {
@@ -34,27 +36,40 @@ pub struct TranslatedPin {
 }
 
 impl Hsm {
-    pub(crate) fn pin_source_key(&self, source: &PinKeySource) -> Result<CachedKey, HsmError> {
+    /// The source PIN key and, for a terminal, its security-trigger bucket.
+    pub(crate) fn pin_source_key(
+        &self,
+        source: &PinKeySource,
+    ) -> Result<(CachedKey, Option<Arc<Slot>>), HsmError> {
         match source {
             PinKeySource::Terminal(tid) => {
                 let tk = self.terminal_keys(tid)?;
-                tk.pik.clone().ok_or_else(|| {
+                let pik = tk.pik.clone().ok_or_else(|| {
                     err(
                         Reason::TerminalNotSignedIn,
                         format!("terminal {tid} has not signed in: no PIK yet"),
                     )
-                })
+                })?;
+                Ok((pik, Some(tk.pin_slot.clone())))
             }
-            PinKeySource::Key(r) => self.load_class(r, &[KeyClass::Pin], "for PIN blocks"),
+            PinKeySource::Key(r) => Ok((
+                self.load_class(r, &[KeyClass::Pin], "for PIN blocks")?,
+                None,
+            )),
         }
     }
 
     pub fn translate_pin(&self, req: &TranslatePin) -> Result<TranslatedPin, HsmError> {
         self.check_ready()?;
-        let src = self.pin_source_key(&req.source)?;
+        let (src, slot) = self.pin_source_key(&req.source)?;
         // The security trigger counts translations per terminal (or per terminal PIN key).
+        if let (Some(slot), PinKeySource::Terminal(t)) = (&slot, &req.source) {
+            if let Verdict::Throttled { first } = self.pin_guard.take_slot(slot) {
+                return Err(self.throttled("TranslatePin", t, first));
+            }
+        }
         let subject = match &req.source {
-            PinKeySource::Terminal(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
+            PinKeySource::Terminal(_) => None,
             PinKeySource::Key(r) if src.key_type() == KeyType::Tpk => {
                 Some(match (&src.meta().key_id, r) {
                     (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
@@ -65,7 +80,7 @@ impl Hsm {
             PinKeySource::Key(_) => None,
         };
         if let Some(subject) = &subject {
-            if let super::guard::Verdict::Throttled { first } = self.pin_guard.take(subject) {
+            if let Verdict::Throttled { first } = self.pin_guard.take(subject) {
                 return Err(self.throttled("TranslatePin", subject, first));
             }
         }

@@ -493,7 +493,13 @@ impl Hsm {
             }
             self.terminal_cache_put(
                 &t.terminal_id,
-                Arc::new(TerminalKeys { pik, mak, prev_mak }),
+                Arc::new(TerminalKeys {
+                    pik,
+                    mak,
+                    prev_mak,
+                    pin_slot: self.pin_guard.slot(&t.terminal_id),
+                    mac_slot: self.mac_guard.slot(&t.terminal_id),
+                }),
             );
         }
         let mut outs = outs.into_iter();
@@ -526,6 +532,8 @@ impl Hsm {
                 pik: None,
                 mak: None,
                 prev_mak: None,
+                pin_slot: self.pin_guard.slot(terminal_id),
+                mac_slot: self.mac_guard.slot(terminal_id),
             });
             return Ok(tk);
         };
@@ -554,7 +562,13 @@ impl Hsm {
             },
             None => None,
         };
-        let tk = Arc::new(TerminalKeys { pik, mak, prev_mak });
+        let tk = Arc::new(TerminalKeys {
+            pik,
+            mak,
+            prev_mak,
+            pin_slot: self.pin_guard.slot(&t.terminal_id),
+            mac_slot: self.mac_guard.slot(&t.terminal_id),
+        });
         self.terminal_cache_put(&t.terminal_id, tk.clone());
         Ok(tk)
     }

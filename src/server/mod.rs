@@ -4,6 +4,7 @@
 //! module never touches key bytes; `HsmError` becomes a `Status` in [`status`]
 //! and nowhere else.
 
+pub mod codec;
 pub mod convert;
 pub mod metrics;
 mod services;
