@@ -297,11 +297,14 @@ impl FastDes {
 }
 
 /// TDES EDE (keying option 1 or 2) on the fast path: one IP and one FP per block.
+/// A double-length key keeps no copy of K1's schedule for K3: a cold key is
+/// two schedules (256 bytes) to fetch, not three.
 #[derive(Clone)]
 pub(crate) struct FastTdes {
     k1: DesKeys,
     k2: DesKeys,
-    k3: DesKeys,
+    /// None for keying option 2 (K3 = K1).
+    k3: Option<DesKeys>,
 }
 
 impl FastTdes {
@@ -315,27 +318,31 @@ impl FastTdes {
             16 => Some(FastTdes {
                 k1: part(0)?,
                 k2: part(1)?,
-                k3: part(0)?,
+                k3: None,
             }),
             24 => Some(FastTdes {
                 k1: part(0)?,
                 k2: part(1)?,
-                k3: part(2)?,
+                k3: Some(part(2)?),
             }),
             _ => None,
         }
+    }
+
+    fn k3(&self) -> &DesKeys {
+        self.k3.as_ref().unwrap_or(&self.k1)
     }
 
     pub(crate) fn encrypt(&self, block: &mut [u8; 8]) {
         let (l, r) = ip(u64::from_be_bytes(*block));
         let (l, r) = self.k1.rounds(l, r, false);
         let (l, r) = self.k2.rounds(l, r, true);
-        *block = fp(self.k3.rounds(l, r, false)).to_be_bytes();
+        *block = fp(self.k3().rounds(l, r, false)).to_be_bytes();
     }
 
     pub(crate) fn decrypt(&self, block: &mut [u8; 8]) {
         let (l, r) = ip(u64::from_be_bytes(*block));
-        let (l, r) = self.k3.rounds(l, r, true);
+        let (l, r) = self.k3().rounds(l, r, true);
         let (l, r) = self.k2.rounds(l, r, false);
         *block = fp(self.k1.rounds(l, r, true)).to_be_bytes();
     }

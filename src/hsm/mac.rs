@@ -74,23 +74,26 @@ impl Hsm {
     fn mac_keys(&self, source: &MacKeySource) -> Result<MacKeys, HsmError> {
         match source {
             MacKeySource::Terminal(tid) => {
-                let tk = self.terminal_keys(tid)?;
-                let mak = tk.mak.clone().ok_or_else(|| {
+                let grace = self.config().mac_grace_secs as i64;
+                let now = crate::now_unix();
+                let (mak, prev, slot) = self.with_terminal_keys(tid, |tk| {
+                    let prev = tk
+                        .prev_mak
+                        .as_ref()
+                        .filter(|(_, since)| now - since <= grace)
+                        .map(|(k, _)| k.clone());
+                    (tk.mak.clone(), prev, tk.mac_slot.clone())
+                })?;
+                let mak = mak.ok_or_else(|| {
                     err(
                         Reason::TerminalNotSignedIn,
                         format!("terminal {tid} has not signed in: no MAK yet"),
                     )
                 })?;
-                let grace = self.config().mac_grace_secs as i64;
-                let prev = tk
-                    .prev_mak
-                    .as_ref()
-                    .filter(|(_, since)| crate::now_unix() - since <= grace)
-                    .map(|(k, _)| k.clone());
                 Ok(MacKeys {
                     key: mak,
                     prev,
-                    slot: Some(tk.mac_slot.clone()),
+                    slot: Some(slot),
                 })
             }
             MacKeySource::Key(r) => Ok(MacKeys {

@@ -111,6 +111,7 @@ pub struct Status {
 }
 
 /// A terminal's working keys, resolved once and kept for the hot path.
+#[derive(Clone)]
 pub(crate) struct TerminalKeys {
     pub pik: Option<CachedKey>,
     pub mak: Option<CachedKey>,
@@ -139,7 +140,9 @@ pub struct Hsm {
     cache: KeyCache,
     /// Cached terminal entries, sharded by terminal id so that calls on
     /// different cores rarely take the same lock.
-    terminals: Vec<RwLock<HashMap<String, Arc<TerminalKeys>>>>,
+    /// Entries are held inline (no `Arc` hop): the hot path reads them under
+    /// the shard's read lock.
+    terminals: Vec<RwLock<HashMap<TidKey, TerminalKeys>>>,
     config: HsmConfig,
     alarm: RwLock<Option<String>>,
     /// Set (never cleared) with `alarm`: the hot path reads this flag instead
@@ -601,20 +604,26 @@ impl Hsm {
         Ok(())
     }
 
-    fn terminal_shard(&self, terminal_id: &str) -> &RwLock<HashMap<String, Arc<TerminalKeys>>> {
+    fn terminal_shard(&self, terminal_id: &str) -> &RwLock<HashMap<TidKey, TerminalKeys>> {
         let n = self.terminals.len() as u64;
         &self.terminals[(guard::fnv1a(terminal_id) % n) as usize]
     }
 
-    pub(crate) fn terminal_cache_get(&self, terminal_id: &str) -> Option<Arc<TerminalKeys>> {
+    /// `f` applied to the terminal's cached entry, if there is one. `f` runs
+    /// under the shard's read lock: it must not touch the terminal cache.
+    pub(crate) fn terminal_cache_with<R>(
+        &self,
+        terminal_id: &str,
+        f: impl FnOnce(&TerminalKeys) -> R,
+    ) -> Option<R> {
         self.terminal_shard(terminal_id)
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(terminal_id)
-            .cloned()
+            .map(f)
     }
 
-    pub(crate) fn terminal_cache_put(&self, terminal_id: &str, keys: Arc<TerminalKeys>) {
+    pub(crate) fn terminal_cache_put(&self, terminal_id: &str, keys: TerminalKeys) {
         let per_shard = self
             .config
             .key_cache_capacity
@@ -624,13 +633,17 @@ impl Hsm {
             .terminal_shard(terminal_id)
             .write()
             .unwrap_or_else(|p| p.into_inner());
+        let Some(key) = TidKey::new(terminal_id) else {
+            // Not a valid terminal id (they are checked at creation): not cached.
+            return;
+        };
         // Bounded like the key cache: a terminal's keys are re-read from the store on a miss.
         if t.len() >= per_shard && !t.contains_key(terminal_id) {
-            if let Some(victim) = t.keys().next().cloned() {
+            if let Some(victim) = t.keys().next().copied() {
                 t.remove(&victim);
             }
         }
-        t.insert(terminal_id.to_string(), keys);
+        t.insert(key, keys);
     }
 
     /// Drops every cached terminal entry (their keys are re-read on the next call).
@@ -669,6 +682,43 @@ impl Hsm {
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|_, tk| !(holds(&tk.pik) || holds(&tk.mak)));
         }
+    }
+}
+
+/// A terminal id held inline as a map key (ids are at most 32 ASCII
+/// characters), so a lookup compares it where the hash table keeps it rather
+/// than behind another pointer. Hashes and compares as the `str` it holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TidKey {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl TidKey {
+    fn new(id: &str) -> Option<TidKey> {
+        let mut bytes = [0u8; 32];
+        bytes.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
+        Some(TidKey {
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    fn as_str(&self) -> &str {
+        // invariant: built from a &str, cut at its own length (a char boundary)
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl std::hash::Hash for TidKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl std::borrow::Borrow<str> for TidKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
     }
 }
 
@@ -715,5 +765,25 @@ mod id_tests {
             .as_millis() as u64;
         assert!(ids.windows(2).all(|w| ms(&w[0]) <= ms(&w[1])));
         assert!(ms(ids.last().unwrap()) <= now && ms(&ids[0]) + 60_000 > now);
+    }
+}
+
+#[cfg(test)]
+mod tid_key_tests {
+    use super::TidKey;
+    use std::collections::HashMap;
+
+    #[test]
+    fn an_inline_id_is_found_by_its_str_and_only_by_it() {
+        let mut m = HashMap::new();
+        for id in ["T1", "MOCK0001", "A-32-character-terminal-id_xyz01"] {
+            m.insert(TidKey::new(id).unwrap(), id.len());
+        }
+        assert_eq!(m.get("MOCK0001"), Some(&8));
+        assert_eq!(m.get("A-32-character-terminal-id_xyz01"), Some(&32));
+        assert_eq!(m.get("T1"), Some(&2));
+        assert_eq!(m.get("T"), None);
+        assert_eq!(m.get("T1\0"), None, "padding is not part of the id");
+        assert!(TidKey::new(&"X".repeat(33)).is_none());
     }
 }

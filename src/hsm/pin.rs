@@ -43,14 +43,15 @@ impl Hsm {
     ) -> Result<(CachedKey, Option<Arc<Slot>>), HsmError> {
         match source {
             PinKeySource::Terminal(tid) => {
-                let tk = self.terminal_keys(tid)?;
-                let pik = tk.pik.clone().ok_or_else(|| {
+                let (pik, slot) =
+                    self.with_terminal_keys(tid, |tk| (tk.pik.clone(), tk.pin_slot.clone()))?;
+                let pik = pik.ok_or_else(|| {
                     err(
                         Reason::TerminalNotSignedIn,
                         format!("terminal {tid} has not signed in: no PIK yet"),
                     )
                 })?;
-                Ok((pik, Some(tk.pin_slot.clone())))
+                Ok((pik, Some(slot)))
             }
             PinKeySource::Key(r) => Ok((
                 self.load_class(r, &[KeyClass::Pin], "for PIN blocks")?,

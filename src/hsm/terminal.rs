@@ -12,7 +12,6 @@ use crate::keys::{self, KeyMeta, KeyType, LoadedKey};
 use crate::store::{
     audit::AuditDraft, Batch, KeyRecord, TerminalRecord, WorkingSet, RECORD_FORMAT,
 };
-use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field62Layout {
@@ -481,8 +480,8 @@ impl Hsm {
         if let Some(t) = &terminal {
             // Hot path: the new keys are ready; the old MAK verifies during the grace window.
             let prev_mak = self
-                .terminal_cache_get(&t.terminal_id)
-                .and_then(|tk| tk.mak.clone())
+                .terminal_cache_with(&t.terminal_id, |tk| tk.mak.clone())
+                .flatten()
                 .map(|m| (m, now));
             let mut it = loaded.into_iter();
             let mut next_cached = |id: &str| it.next().map(|lk| self.cache_insert(id, lk));
@@ -493,13 +492,13 @@ impl Hsm {
             }
             self.terminal_cache_put(
                 &t.terminal_id,
-                Arc::new(TerminalKeys {
+                TerminalKeys {
                     pik,
                     mak,
                     prev_mak,
                     pin_slot: self.pin_guard.slot(&t.terminal_id),
                     mac_slot: self.mac_guard.slot(&t.terminal_id),
-                }),
+                },
             );
         }
         let mut outs = outs.into_iter();
@@ -522,20 +521,26 @@ impl Hsm {
     }
 
     /// The terminal's current working keys (hot path: cached after the first call).
-    pub(crate) fn terminal_keys(&self, terminal_id: &str) -> Result<Arc<TerminalKeys>, HsmError> {
-        if let Some(tk) = self.terminal_cache_get(terminal_id) {
-            return Ok(tk);
+    /// `f` applied to them: under the cache's read lock on the hot path, so
+    /// `f` must not touch the terminal cache.
+    pub(crate) fn with_terminal_keys<R>(
+        &self,
+        terminal_id: &str,
+        f: impl Fn(&TerminalKeys) -> R,
+    ) -> Result<R, HsmError> {
+        if let Some(r) = self.terminal_cache_with(terminal_id, &f) {
+            return Ok(r);
         }
         let t = self.get_terminal(terminal_id)?;
         let Some(cur) = &t.current else {
-            let tk = Arc::new(TerminalKeys {
+            let tk = TerminalKeys {
                 pik: None,
                 mak: None,
                 prev_mak: None,
                 pin_slot: self.pin_guard.slot(terminal_id),
                 mac_slot: self.mac_guard.slot(terminal_id),
-            });
-            return Ok(tk);
+            };
+            return Ok(f(&tk));
         };
         // The terminal record is a side table: the key blocks' own types decide, so a
         // record with swapped ids cannot make the PIK a MAC key (an oracle) or vice versa.
@@ -562,15 +567,16 @@ impl Hsm {
             },
             None => None,
         };
-        let tk = Arc::new(TerminalKeys {
+        let tk = TerminalKeys {
             pik,
             mak,
             prev_mak,
             pin_slot: self.pin_guard.slot(&t.terminal_id),
             mac_slot: self.mac_guard.slot(&t.terminal_id),
-        });
-        self.terminal_cache_put(&t.terminal_id, tk.clone());
-        Ok(tk)
+        };
+        let r = f(&tk);
+        self.terminal_cache_put(&t.terminal_id, tk);
+        Ok(r)
     }
 }
 
