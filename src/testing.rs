@@ -178,6 +178,20 @@ impl MockHsm {
         .await
     }
 
+    /// Signs the test terminal in over gRPC (as its POSP would) and loads the
+    /// working keys of field 62 into it; returns the 0810's answer.
+    pub async fn sign_in_terminal(&mut self) -> Result<crate::proto::SignInResponse, String> {
+        let r = self
+            .posp
+            .clone()
+            .sign_in(self.terminal.sign_in_request())
+            .await
+            .map_err(|s| format!("sign-in: {}", s.message()))?
+            .into_inner();
+        self.terminal.load_field62(&r.field62, r.layout)?;
+        Ok(r)
+    }
+
     /// The mock's CA certificate (PEM), for clients built by the test.
     pub fn ca_pem(&self) -> &str {
         &self.pki.ca_pem

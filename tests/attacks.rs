@@ -315,14 +315,7 @@ fn from_key(k: Option<pb::KeyRef>) -> pb::translate_pin_request::Source {
 
 /// Signs the mock's terminal in and loads field 62 into its PIN pad.
 async fn signed_in(mock: &mut MockHsm) -> pb::SignInResponse {
-    let mut posp = mock.posp.clone();
-    let r = posp
-        .sign_in(mock.terminal.sign_in_request())
-        .await
-        .unwrap()
-        .into_inner();
-    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
-    r
+    mock.sign_in_terminal().await.unwrap()
 }
 
 fn tr31_under(kek_clear: &[u8], usage: KeyUsage, mode: ModeOfUse, key: &[u8]) -> String {

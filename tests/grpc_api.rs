@@ -142,12 +142,7 @@ async fn the_business_day_runs_over_mutual_tls() {
 async fn messages_larger_than_the_codec_buffer_cross_intact() {
     let mut mock = MockHsm::start().await.unwrap();
     let mut posp = mock.posp.clone();
-    let r = posp
-        .sign_in(mock.terminal.sign_in_request())
-        .await
-        .unwrap()
-        .into_inner();
-    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    mock.sign_in_terminal().await.unwrap();
     // An 8 KiB request, MACed by the test terminal (the PIN pad's own code).
     let message: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
     let v = posp
@@ -224,12 +219,7 @@ async fn every_error_path_has_its_status_code_and_reason() {
         Code::FailedPrecondition,
         "TERMINAL_NOT_SIGNED_IN",
     );
-    let r = posp
-        .sign_in(mock.terminal.sign_in_request())
-        .await
-        .unwrap()
-        .into_inner();
-    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    mock.sign_in_terminal().await.unwrap();
     // Garbage under the PIK: not a valid ISO 0 block.
     expect_err(
         posp.translate_pin(pb::TranslatePinRequest {

@@ -31,12 +31,7 @@ fn config(pin_burst: f64, mac_burst: f64) -> HsmConfig {
 async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
     let mut mock = MockHsm::start_with(config(10.0, 50.0)).await.unwrap();
     let mut posp = mock.posp.clone();
-    let r = posp
-        .sign_in(mock.terminal.sign_in_request())
-        .await
-        .unwrap()
-        .into_inner();
-    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    mock.sign_in_terminal().await.unwrap();
     let pan = "6228480402564890018";
     let req = pb::TranslatePinRequest {
         source: Some(pb::translate_pin_request::Source::TerminalId(
@@ -91,12 +86,7 @@ async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
 async fn repeated_mac_failures_trip_the_trigger_for_that_terminal() {
     let mut mock = MockHsm::start_with(config(50.0, 5.0)).await.unwrap();
     let mut posp = mock.posp.clone();
-    let r = posp
-        .sign_in(mock.terminal.sign_in_request())
-        .await
-        .unwrap()
-        .into_inner();
-    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    mock.sign_in_terminal().await.unwrap();
     let msg = b"0200 purchase".to_vec();
     let verify = |mac: Vec<u8>| pb::VerifyMacRequest {
         key_source: Some(pb::verify_mac_request::KeySource::TerminalId(

@@ -21,12 +21,7 @@ async fn track_data_translates_from_the_tdk_to_a_zek_and_decrypts_only_for_its_r
     let mut mock = MockHsm::start().await.unwrap();
     let mut posp = mock.posp.clone();
     let mut admin = mock.admin.clone();
-    let r = posp
-        .sign_in(mock.terminal.sign_in_request())
-        .await
-        .unwrap()
-        .into_inner();
-    mock.terminal.load_field62(&r.field62, r.layout).unwrap();
+    mock.sign_in_terminal().await.unwrap();
     let (parts, zek) = poshsm::pinpad::tdes_components();
     admin
         .import_key_components(pb::ImportKeyComponentsRequest {

@@ -152,20 +152,7 @@ impl Guard {
 
     /// [`Guard::take`] on a bucket already in hand (from [`Guard::slot`]).
     pub fn take_slot(&self, slot: &Slot) -> Verdict {
-        if !self.enabled() {
-            return Verdict::Allowed;
-        }
-        let mut b = slot.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.refill(&mut b, Instant::now());
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            b.throttled = false;
-            Verdict::Allowed
-        } else {
-            let first = !b.throttled;
-            b.throttled = true;
-            Verdict::Throttled { first }
-        }
+        self.decide(slot, true)
     }
 
     /// Whether `subject` still has a token, without taking one (a refusal
@@ -183,12 +170,21 @@ impl Guard {
 
     /// [`Guard::check`] on a bucket already in hand.
     pub fn check_slot(&self, slot: &Slot) -> Verdict {
+        self.decide(slot, false)
+    }
+
+    /// Refills the bucket; allows if it holds a token (spending it if `take`),
+    /// otherwise refuses and opens (or continues) an episode.
+    fn decide(&self, slot: &Slot, take: bool) -> Verdict {
         if !self.enabled() {
             return Verdict::Allowed;
         }
         let mut b = slot.0.lock().unwrap_or_else(|p| p.into_inner());
         self.refill(&mut b, Instant::now());
         if b.tokens >= 1.0 {
+            if take {
+                b.tokens -= 1.0;
+            }
             b.throttled = false;
             Verdict::Allowed
         } else {
