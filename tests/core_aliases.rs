@@ -1,6 +1,7 @@
 //! An alias follows its key: through a rotation, a retirement, and while calls
 //! race a series of rotations (the core caches alias → key id; a stale entry
-//! would keep a retired key's id under the alias).
+//! would keep a retired key's id under the alias). Likewise a terminal's
+//! cached keys follow a retirement of its previous MAK.
 
 use poshsm::crypto::Algorithm;
 use poshsm::hsm::*;
@@ -138,5 +139,83 @@ fn racing_rotations_of_one_key_never_leave_two_active_successors() {
     assert_eq!(
         mac(&hsm, alias()).unwrap(),
         mac(&hsm, KeyRef::Id(active[0].key_id.clone())).unwrap()
+    );
+}
+
+/// A terminal's previous MAK verifies during the grace window after a
+/// sign-in — until it is retired: the cached terminal entry must drop it too
+/// (it once kept accepting it for the rest of the window).
+#[test]
+fn a_retired_previous_mak_stops_verifying_at_once() {
+    let hsm = Hsm::new(
+        Lmk::generate(),
+        Store::temporary().unwrap(),
+        HsmConfig::default(),
+    );
+    let tmk = hsm
+        .generate_key(
+            "test",
+            GenerateKey {
+                key_type: KeyType::Tmk,
+                algorithm: Algorithm::Tdes2,
+                alias: String::new(),
+                exportable: false,
+            },
+        )
+        .unwrap();
+    hsm.create_terminal(
+        "admin",
+        CreateTerminal {
+            terminal_id: "T0000001".into(),
+            merchant_id: String::new(),
+            tmk: Some(KeyRef::Id(tmk.key_id)),
+            tmk_algorithm: None,
+        },
+    )
+    .unwrap();
+    let sign_in = || {
+        hsm.sign_in(
+            "posp",
+            SignIn {
+                source: SignInSource::Terminal("T0000001".into()),
+                algorithm: None,
+                include_tdk: false,
+                layout: Some(Field62Layout::DoubleMak),
+                check_value_length: 0,
+            },
+        )
+        .unwrap()
+    };
+    let day1 = sign_in();
+    // The day-1 MAC of a message, computed by the module under the day-1 MAK.
+    let mac1 = hsm
+        .generate_mac(&MacRequest {
+            source: MacKeySource::Key(KeyRef::Id(day1.mak.key_id.clone())),
+            algorithm: MacAlgorithm::UnionpayEcb,
+            message: MESSAGE,
+            mac_length: 0,
+        })
+        .unwrap();
+    sign_in();
+    let verify = || {
+        hsm.verify_mac(
+            &MacRequest {
+                source: MacKeySource::Terminal("T0000001".into()),
+                algorithm: MacAlgorithm::UnionpayEcb,
+                message: MESSAGE,
+                mac_length: 0,
+            },
+            &mac1,
+        )
+    };
+    assert!(
+        verify().unwrap(),
+        "the previous MAK verifies in its grace window"
+    );
+    hsm.retire_key("admin", &KeyRef::Id(day1.mak.key_id.clone()))
+        .unwrap();
+    assert!(
+        !verify().unwrap_or(false),
+        "a retired previous MAK still verified"
     );
 }

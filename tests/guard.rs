@@ -228,9 +228,11 @@ fn the_trigger_survives_a_new_sign_in_and_eviction_from_the_cache() {
         "reset by a sign-in"
     );
     // 39 other terminals through a 16-entry cache: ids[0]'s entry is evicted.
+    assert!(hsm.terminal_cached(&ids[0]));
     for id in &ids[1..] {
         assert_eq!(translate(id), Reason::InvalidPinBlock);
     }
+    assert!(!hsm.terminal_cached(&ids[0]), "the test no longer evicts");
     assert_eq!(
         translate(&ids[0]),
         Reason::TerminalThrottled,

@@ -175,8 +175,8 @@ pub async fn connect_coalescing(cfg: &ClientConfig) -> Result<Channel, String> {
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let addr = cfg
         .addr
-        .strip_prefix("https://")
-        .unwrap_or(&cfg.addr)
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
         .to_string();
     let connector = CoalescingConnector {
         addr: addr.clone(),

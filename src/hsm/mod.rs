@@ -76,7 +76,8 @@ pub struct HsmConfig {
     /// Largest message accepted for MAC generation/verification.
     pub max_mac_message: usize,
     /// Unwrapped keys kept in locked memory (about 2 KiB each; also bounds the
-    /// per-terminal cache). Size it to the working set: terminals × 2 keys.
+    /// per-terminal cache, split over its 16 shards, at least one entry each).
+    /// Size it to the working set: terminals × 2 keys.
     pub key_cache_capacity: usize,
     /// Per-terminal limit on PIN translations (the 安全触发 security trigger).
     pub pin_guard: guard::Limit,
@@ -142,7 +143,7 @@ pub struct Hsm {
     /// different cores rarely take the same lock.
     /// Entries are held inline (no `Arc` hop): the hot path reads them under
     /// the shard's read lock.
-    terminals: Vec<RwLock<HashMap<TidKey, TerminalKeys>>>,
+    terminals: Vec<RwLock<TerminalShard>>,
     config: HsmConfig,
     alarm: RwLock<Option<String>>,
     /// Set (never cleared) with `alarm`: the hot path reads this flag instead
@@ -225,7 +226,9 @@ impl Hsm {
             aliases: RwLock::new(AliasCache::default()),
             pin_guard: guard::Guard::new(config.pin_guard),
             mac_guard: guard::Guard::new(config.mac_failure_guard),
-            terminals: (0..16).map(|_| RwLock::new(HashMap::new())).collect(),
+            terminals: (0..16)
+                .map(|_| RwLock::new(TerminalShard::default()))
+                .collect(),
             lmks: RwLock::new(Arc::new(lmks)),
             lmk_file,
             commit_gate: RwLock::new(()),
@@ -604,7 +607,7 @@ impl Hsm {
         Ok(())
     }
 
-    fn terminal_shard(&self, terminal_id: &str) -> &RwLock<HashMap<TidKey, TerminalKeys>> {
+    fn terminal_shard(&self, terminal_id: &str) -> &RwLock<TerminalShard> {
         let n = self.terminals.len() as u64;
         &self.terminals[(guard::fnv1a(terminal_id) % n) as usize]
     }
@@ -619,11 +622,42 @@ impl Hsm {
         self.terminal_shard(terminal_id)
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .map
             .get(terminal_id)
             .map(f)
     }
 
+    /// The generation of the terminal's shard: read it before reading the
+    /// store on a cache miss, and hand it to [`Hsm::terminal_cache_fill`].
+    pub(crate) fn terminal_cache_generation(&self, terminal_id: &str) -> u64 {
+        self.terminal_shard(terminal_id)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
+    /// Caches keys read from the store on a miss, unless the shard changed
+    /// since `generation` was read (a sign-in, a key retirement or rotation,
+    /// an LMK retirement): the keys read may then be the older ones.
+    pub(crate) fn terminal_cache_fill(
+        &self,
+        terminal_id: &str,
+        keys: TerminalKeys,
+        generation: u64,
+    ) {
+        self.terminal_cache_insert(terminal_id, keys, Some(generation));
+    }
+
+    /// Caches the keys a sign-in just committed (they win over any miss in flight).
     pub(crate) fn terminal_cache_put(&self, terminal_id: &str, keys: TerminalKeys) {
+        self.terminal_cache_insert(terminal_id, keys, None);
+    }
+
+    fn terminal_cache_insert(&self, terminal_id: &str, keys: TerminalKeys, seen: Option<u64>) {
+        let Some(key) = TidKey::new(terminal_id) else {
+            // Not a valid terminal id (they are checked at creation): not cached.
+            return;
+        };
         let per_shard = self
             .config
             .key_cache_capacity
@@ -633,23 +667,32 @@ impl Hsm {
             .terminal_shard(terminal_id)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let Some(key) = TidKey::new(terminal_id) else {
-            // Not a valid terminal id (they are checked at creation): not cached.
-            return;
-        };
+        match seen {
+            Some(g) if g != t.generation => return,
+            Some(_) => {}
+            None => t.generation += 1,
+        }
         // Bounded like the key cache: a terminal's keys are re-read from the store on a miss.
-        if t.len() >= per_shard && !t.contains_key(terminal_id) {
-            if let Some(victim) = t.keys().next().copied() {
-                t.remove(&victim);
+        if t.map.len() >= per_shard && !t.map.contains_key(terminal_id) {
+            if let Some(victim) = t.map.keys().next().copied() {
+                t.map.remove(&victim);
             }
         }
-        t.insert(key, keys);
+        t.map.insert(key, keys);
+    }
+
+    /// Whether the terminal has an entry in the terminal cache (tests).
+    #[doc(hidden)]
+    pub fn terminal_cached(&self, terminal_id: &str) -> bool {
+        self.terminal_cache_with(terminal_id, |_| ()).is_some()
     }
 
     /// Drops every cached terminal entry (their keys are re-read on the next call).
     pub(crate) fn terminal_cache_clear(&self) {
         for shard in &self.terminals {
-            shard.write().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut t = shard.write().unwrap_or_else(|p| p.into_inner());
+            t.generation += 1;
+            t.map.clear();
         }
     }
 
@@ -672,17 +715,28 @@ impl Hsm {
             a.epoch += 1;
             a.ids.retain(|_, id| id != key_id);
         }
-        // Terminals holding the key re-resolve on their next call.
-        let holds = |k: &Option<CachedKey>| {
-            k.as_ref().and_then(|k| k.meta().key_id.as_deref()) == Some(key_id)
-        };
+        // Terminals holding the key (the previous MAK included) re-resolve on
+        // their next call; a miss reading the store meanwhile does not cache.
+        let is = |k: &CachedKey| k.meta().key_id.as_deref() == Some(key_id);
         for shard in &self.terminals {
-            shard
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, tk| !(holds(&tk.pik) || holds(&tk.mak)));
+            let mut t = shard.write().unwrap_or_else(|p| p.into_inner());
+            t.generation += 1;
+            t.map.retain(|_, tk| {
+                !(tk.pik.as_ref().is_some_and(is)
+                    || tk.mak.as_ref().is_some_and(is)
+                    || tk.prev_mak.as_ref().is_some_and(|(k, _)| is(k)))
+            });
         }
     }
+}
+
+/// One shard of the terminal cache.
+#[derive(Default)]
+pub(crate) struct TerminalShard {
+    map: HashMap<TidKey, TerminalKeys>,
+    /// Bumped by every change that makes keys read from the store before it
+    /// stale (see [`Hsm::terminal_cache_fill`]).
+    generation: u64,
 }
 
 /// A terminal id held inline as a map key (ids are at most 32 ASCII
@@ -769,9 +823,38 @@ mod id_tests {
 }
 
 #[cfg(test)]
-mod tid_key_tests {
-    use super::TidKey;
+mod terminal_cache_tests {
+    use super::{Hsm, HsmConfig, TerminalKeys, TidKey};
     use std::collections::HashMap;
+
+    #[test]
+    fn a_miss_that_read_the_store_before_a_change_does_not_cache() {
+        let hsm = Hsm::new(
+            crate::keys::Lmk::generate(),
+            crate::store::Store::temporary().unwrap(),
+            HsmConfig::default(),
+        );
+        let keys = || TerminalKeys {
+            pik: None,
+            mak: None,
+            prev_mak: None,
+            pin_slot: hsm.pin_guard.slot("T1"),
+            mac_slot: hsm.mac_guard.slot("T1"),
+        };
+        // A miss reads the generation, then the store; a retirement lands in between.
+        let seen = hsm.terminal_cache_generation("T1");
+        hsm.forget_key("k-retired");
+        hsm.terminal_cache_fill("T1", keys(), seen);
+        assert!(!hsm.terminal_cached("T1"), "stale keys were cached");
+        // The same with a sign-in landing in between: it bumps the generation.
+        let seen = hsm.terminal_cache_generation("T1");
+        hsm.terminal_cache_put("T1", keys());
+        assert_ne!(hsm.terminal_cache_generation("T1"), seen);
+        // Nothing in between: cached.
+        let seen = hsm.terminal_cache_generation("T2");
+        hsm.terminal_cache_fill("T2", keys(), seen);
+        assert!(hsm.terminal_cached("T2"));
+    }
 
     #[test]
     fn an_inline_id_is_found_by_its_str_and_only_by_it() {

@@ -531,14 +531,15 @@ impl Hsm {
         if let Some(r) = self.terminal_cache_with(terminal_id, &f) {
             return Ok(r);
         }
+        let generation = self.terminal_cache_generation(terminal_id);
         let t = self.get_terminal(terminal_id)?;
         let Some(cur) = &t.current else {
             let tk = TerminalKeys {
                 pik: None,
                 mak: None,
                 prev_mak: None,
-                pin_slot: self.pin_guard.slot(terminal_id),
-                mac_slot: self.mac_guard.slot(terminal_id),
+                pin_slot: self.pin_guard.slot(&t.terminal_id),
+                mac_slot: self.mac_guard.slot(&t.terminal_id),
             };
             return Ok(f(&tk));
         };
@@ -575,7 +576,7 @@ impl Hsm {
             mac_slot: self.mac_guard.slot(&t.terminal_id),
         };
         let r = f(&tk);
-        self.terminal_cache_put(&t.terminal_id, tk);
+        self.terminal_cache_fill(&t.terminal_id, tk, generation);
         Ok(r)
     }
 }
