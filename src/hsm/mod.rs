@@ -627,6 +627,23 @@ impl Hsm {
             .map(f)
     }
 
+    /// A cache entry for `terminal_id` with its keys and the guards' buckets.
+    pub(crate) fn terminal_entry(
+        &self,
+        terminal_id: &str,
+        pik: Option<CachedKey>,
+        mak: Option<CachedKey>,
+        prev_mak: Option<(CachedKey, i64)>,
+    ) -> TerminalKeys {
+        TerminalKeys {
+            pik,
+            mak,
+            prev_mak,
+            pin_slot: self.pin_guard.slot(terminal_id),
+            mac_slot: self.mac_guard.slot(terminal_id),
+        }
+    }
+
     /// The generation of the terminal's shard: read it before reading the
     /// store on a cache miss, and hand it to [`Hsm::terminal_cache_fill`].
     pub(crate) fn terminal_cache_generation(&self, terminal_id: &str) -> u64 {
@@ -824,7 +841,7 @@ mod id_tests {
 
 #[cfg(test)]
 mod terminal_cache_tests {
-    use super::{Hsm, HsmConfig, TerminalKeys, TidKey};
+    use super::{Hsm, HsmConfig, TidKey};
     use std::collections::HashMap;
 
     #[test]
@@ -834,13 +851,7 @@ mod terminal_cache_tests {
             crate::store::Store::temporary().unwrap(),
             HsmConfig::default(),
         );
-        let keys = || TerminalKeys {
-            pik: None,
-            mak: None,
-            prev_mak: None,
-            pin_slot: hsm.pin_guard.slot("T1"),
-            mac_slot: hsm.mac_guard.slot("T1"),
-        };
+        let keys = || hsm.terminal_entry("T1", None, None, None);
         // A miss reads the generation, then the store; a retirement lands in between.
         let seen = hsm.terminal_cache_generation("T1");
         hsm.forget_key("k-retired");

@@ -492,13 +492,7 @@ impl Hsm {
             }
             self.terminal_cache_put(
                 &t.terminal_id,
-                TerminalKeys {
-                    pik,
-                    mak,
-                    prev_mak,
-                    pin_slot: self.pin_guard.slot(&t.terminal_id),
-                    mac_slot: self.mac_guard.slot(&t.terminal_id),
-                },
+                self.terminal_entry(&t.terminal_id, pik, mak, prev_mak),
             );
         }
         let mut outs = outs.into_iter();
@@ -534,14 +528,7 @@ impl Hsm {
         let generation = self.terminal_cache_generation(terminal_id);
         let t = self.get_terminal(terminal_id)?;
         let Some(cur) = &t.current else {
-            let tk = TerminalKeys {
-                pik: None,
-                mak: None,
-                prev_mak: None,
-                pin_slot: self.pin_guard.slot(&t.terminal_id),
-                mac_slot: self.mac_guard.slot(&t.terminal_id),
-            };
-            return Ok(f(&tk));
+            return Ok(f(&self.terminal_entry(&t.terminal_id, None, None, None)));
         };
         // The terminal record is a side table: the key blocks' own types decide, so a
         // record with swapped ids cannot make the PIK a MAC key (an oracle) or vice versa.
@@ -568,13 +555,7 @@ impl Hsm {
             },
             None => None,
         };
-        let tk = TerminalKeys {
-            pik,
-            mak,
-            prev_mak,
-            pin_slot: self.pin_guard.slot(&t.terminal_id),
-            mac_slot: self.mac_guard.slot(&t.terminal_id),
-        };
+        let tk = self.terminal_entry(&t.terminal_id, pik, mak, prev_mak);
         let r = f(&tk);
         self.terminal_cache_fill(&t.terminal_id, tk, generation);
         Ok(r)
