@@ -153,21 +153,14 @@ impl tower::Service<http::Uri> for CoalescingConnector {
 /// Like [`connect`], over the load generator's coalescing TLS stream
 /// (see [`Coalescing`]); same certificates, windows and verification.
 pub async fn connect_coalescing(cfg: &ClientConfig) -> Result<Channel, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::server::install_crypto_provider();
-    let ca = read(&cfg.ca, "CA certificate")?;
-    let cert = read(&cfg.cert, "client certificate")?;
-    let key = read(&cfg.key, "client key")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&ca) {
-        let c = c.map_err(|e| format!("CA certificate: {e}"))?;
-        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
-    }
-    let chain = CertificateDer::pem_slice_iter(&cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("client certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("client key: {e}"))?;
+    let pem = crate::server::TlsMaterial {
+        ca_pem: read(&cfg.ca, "CA certificate")?,
+        cert_pem: read(&cfg.cert, "client certificate")?,
+        key_pem: read(&cfg.key, "client key")?,
+    };
+    let roots = pem.roots()?;
+    let (chain, key) = pem.identity().map_err(|e| format!("client {e}"))?;
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)

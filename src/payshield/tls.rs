@@ -3,8 +3,6 @@
 //! "read some, answer", so a small pump is all it needs).
 
 use crate::server::TlsMaterial;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,21 +12,13 @@ use tokio::net::TcpStream;
 /// certificates verified against `ca_pem`.
 pub fn server_config(t: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, String> {
     crate::server::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&t.ca_pem) {
-        let c = c.map_err(|e| format!("payshield TLS: CA certificate: {e}"))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("payshield TLS: CA certificate: {e}"))?;
-    }
+    let roots = t.roots().map_err(|e| format!("payshield TLS: {e}"))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
         .build()
         .map_err(|e| format!("payshield TLS: client verifier: {e}"))?;
-    let certs = CertificateDer::pem_slice_iter(&t.cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("payshield TLS: server certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(&t.key_pem)
-        .map_err(|e| format!("payshield TLS: server key: {e}"))?;
+    let (certs, key) = t
+        .identity()
+        .map_err(|e| format!("payshield TLS: server {e}"))?;
     let cfg = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)

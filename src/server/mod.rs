@@ -228,6 +228,38 @@ pub struct TlsMaterial {
     pub key_pem: Vec<u8>,
 }
 
+impl TlsMaterial {
+    /// The CA certificates of `ca_pem` as a rustls trust store.
+    pub fn roots(&self) -> Result<rustls::RootCertStore, String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let c = c.map_err(|e| format!("CA certificate: {e}"))?;
+            roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        Ok(roots)
+    }
+
+    /// Our certificate chain (`cert_pem`) and its private key (`key_pem`).
+    #[allow(clippy::type_complexity)]
+    pub fn identity(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        String,
+    > {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| format!("key: {e}"))?;
+        Ok((chain, key))
+    }
+}
+
 /// Installs rustls' ring provider as the process default (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
