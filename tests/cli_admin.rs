@@ -442,3 +442,66 @@ fn lmk_rotation_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[LMK_RETIRED]"));
 }
+
+/// The load generator end to end: it builds its fixtures through the admin
+/// API, plays every terminal's PIN pad, checks each answer (a wrong PIN block
+/// length or a MAC that does not verify counts as an error and fails the run),
+/// and its in-process modes drive the core directly.
+#[test]
+fn the_load_generator_runs_clean_against_the_daemon_and_in_process() {
+    let d = Daemon::start();
+    let out = Command::new(BIN)
+        .arg("bench")
+        .arg("--addr")
+        .arg(&d.addr)
+        .arg("--data-dir")
+        .arg(&d.data_dir)
+        .args([
+            "--rpc",
+            "health,translate-pin,verify-mac,inprocess-translate-pin,inprocess-terminal-pin",
+            // Open loop, slow enough for the default security trigger (20/s per terminal).
+            "--rate",
+            "200",
+            "--terminals",
+            "40",
+            "--connections",
+            "2",
+            "--concurrency",
+            "8",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ])
+        .env("POSHSM_LOG", "warn")
+        .output()
+        .expect("run poshsm bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON row"))
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| s(r, "rpc")).collect();
+    assert_eq!(
+        names,
+        [
+            "health",
+            "translate-pin",
+            "verify-mac",
+            "inprocess-translate-pin",
+            "inprocess-terminal-pin"
+        ]
+    );
+    for r in &rows {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ok"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+}

@@ -123,6 +123,54 @@ async fn repeated_mac_failures_trip_the_trigger_for_that_terminal() {
     mock.stop().await;
 }
 
+/// Short messages are verified under the terminal cache's lock, long ones
+/// (over 1 KiB) on cloned keys: both count on the one bucket of the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mac_failures_on_short_and_long_messages_share_the_terminal_count() {
+    let mut mock = MockHsm::start_with(config(50.0, 4.0)).await.unwrap();
+    let mut posp = mock.posp.clone();
+    mock.sign_in_terminal().await.unwrap();
+    let short = b"0200 purchase".to_vec();
+    let long: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+    let verify = |message: &[u8], mac: Vec<u8>| pb::VerifyMacRequest {
+        key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
+            "MOCK0001".into(),
+        )),
+        algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
+        message: message.to_vec(),
+        mac,
+    };
+    let (good_short, good_long) = (
+        mock.terminal.mac(&short).unwrap(),
+        mock.terminal.mac(&long).unwrap(),
+    );
+    for (m, mac, want) in [
+        (&short, good_short.clone(), true),
+        (&long, good_long.clone(), true),
+        (&long, b"00000000".to_vec(), false),
+        (&short, b"00000000".to_vec(), false),
+        (&long, b"00000000".to_vec(), false),
+        (&short, b"00000000".to_vec(), false),
+    ] {
+        let r = posp.verify_mac(verify(m, mac)).await.unwrap();
+        assert_eq!(r.into_inner().valid, want, "{} bytes", m.len());
+    }
+    // Four failures, two on each path: the bucket is empty for both.
+    for (m, mac) in [(&long, good_long), (&short, good_short)] {
+        let s = posp.verify_mac(verify(m, mac)).await.unwrap_err();
+        assert_eq!(reason(&s), "TERMINAL_THROTTLED", "{} bytes", m.len());
+    }
+    let throttles = mock
+        .hsm
+        .audit_log(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
+        .count();
+    assert_eq!(throttles, 1);
+    mock.stop().await;
+}
+
 #[test]
 fn the_guard_is_configured_from_the_config_file() {
     let c =

@@ -30,6 +30,9 @@ pub enum BenchRpc {
     VerifyMacBatch,
     /// The core's translate_pin in this process, no network (per-thread rate).
     InprocessTranslatePin,
+    /// The same through the terminal path (`--terminals` signed-in terminals,
+    /// each call a different one): the per-terminal lookup and its cold data.
+    InprocessTerminalPin,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -143,6 +146,15 @@ pub(crate) fn pct(sorted: &[u32], p: f64) -> u32 {
     }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+impl BenchRpc {
+    fn in_process(self) -> bool {
+        matches!(
+            self,
+            BenchRpc::InprocessTranslatePin | BenchRpc::InprocessTerminalPin
+        )
+    }
 }
 
 fn name(r: BenchRpc) -> String {
@@ -501,7 +513,7 @@ async fn call(
             }
             Ok(batch as u64)
         }
-        BenchRpc::InprocessTranslatePin => {
+        BenchRpc::InprocessTranslatePin | BenchRpc::InprocessTerminalPin => {
             Err(tonic::Status::internal("in-process is not a network RPC"))
         }
     }
@@ -661,7 +673,7 @@ fn summarize(rpc: BenchRpc, mut o: Outcome, secs: f64) -> Summary {
 }
 
 /// The core's PIN translation in this process: per-thread rate, no network.
-fn inprocess(args: &BenchArgs) -> Result<Summary, String> {
+fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
     use crate::hsm::{Hsm, HsmConfig, KeyRef, PinKeySource, TranslatePin};
     let config = HsmConfig {
         pin_guard: crate::hsm::guard::Limit {
@@ -713,22 +725,33 @@ fn inprocess(args: &BenchArgs) -> Result<Summary, String> {
         .map_err(|e| e.to_string())?;
     let req = TranslatePin {
         source: PinKeySource::Key(KeyRef::Id(tpk_id)),
-        dest: KeyRef::Id(zpk_id),
+        dest: KeyRef::Id(zpk_id.clone()),
         pin_block: block,
         pan: "6222020200112233445".into(),
         source_format: PinBlockFormat::Iso0,
         dest_format: PinBlockFormat::Iso0,
     };
+    let reqs: Arc<Vec<TranslatePin>> = Arc::new(if rpc == BenchRpc::InprocessTerminalPin {
+        inprocess_terminals(&hsm, args.terminals.max(1), &req)?
+    } else {
+        vec![req]
+    });
     let threads = args.concurrency.clamp(1, 64);
     let measure = Duration::from_secs(args.duration);
     let warm = Instant::now() + Duration::from_secs(args.warmup);
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|t| {
             let hsm = hsm.clone();
-            let req = req.clone();
+            let reqs = reqs.clone();
             std::thread::spawn(move || {
+                // Each thread walks all requests from its own offset.
+                let mut i = t * reqs.len() / threads;
+                let mut next = || {
+                    i = (i + 1) % reqs.len();
+                    &reqs[i]
+                };
                 while Instant::now() < warm {
-                    let _ = hsm.translate_pin(&req);
+                    let _ = hsm.translate_pin(next());
                 }
                 let mut out = Outcome::default();
                 let start = Instant::now();
@@ -737,7 +760,7 @@ fn inprocess(args: &BenchArgs) -> Result<Summary, String> {
                 while start.elapsed() < measure {
                     let t0 = Instant::now();
                     for _ in 0..64 {
-                        match hsm.translate_pin(&req) {
+                        match hsm.translate_pin(next()) {
                             Ok(_) => n += 1,
                             Err(e) => {
                                 out.errors += 1;
@@ -758,11 +781,69 @@ fn inprocess(args: &BenchArgs) -> Result<Summary, String> {
     for h in handles {
         total.merge(h.join().map_err(|_| "bench thread panicked".to_string())?);
     }
-    Ok(summarize(
-        BenchRpc::InprocessTranslatePin,
-        total,
-        args.duration as f64,
-    ))
+    Ok(summarize(rpc, total, args.duration as f64))
+}
+
+/// `n` terminals under one TMK the bench knows, signed in through the core;
+/// one request per terminal (its PIN pad's PIN block) to the ZPK of `like`.
+fn inprocess_terminals(
+    hsm: &crate::hsm::Hsm,
+    n: usize,
+    like: &crate::hsm::TranslatePin,
+) -> Result<Vec<crate::hsm::TranslatePin>, String> {
+    use crate::hsm::{CreateTerminal, PinKeySource, SignIn, SignInSource};
+    let (parts, tmk_clear) = crate::pinpad::tdes_components();
+    hsm.import_key_components(
+        "bench",
+        crate::hsm::ImportComponents {
+            key_type: crate::keys::KeyType::Tmk,
+            algorithm: Algorithm::Tdes2,
+            components: parts.into_iter().map(zeroize::Zeroizing::new).collect(),
+            component_kcvs: vec![],
+            alias: "tmk".into(),
+            exportable: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let tmk = Arc::new(Cipher::new(Algorithm::Tdes2, &tmk_clear).map_err(|e| e.to_string())?);
+    eprintln!("bench: signing in {n} terminals in-process");
+    (0..n)
+        .map(|i| {
+            let tid = format!("T{i:07}");
+            hsm.create_terminal(
+                "bench",
+                CreateTerminal {
+                    terminal_id: tid.clone(),
+                    merchant_id: String::new(),
+                    tmk: Some(crate::hsm::KeyRef::Alias("tmk".into())),
+                    tmk_algorithm: None,
+                },
+            )
+            .map_err(|e| e.message.clone())?;
+            let out = hsm
+                .sign_in_unflushed(
+                    "bench",
+                    SignIn {
+                        source: SignInSource::Terminal(tid.clone()),
+                        algorithm: None,
+                        include_tdk: false,
+                        layout: None,
+                        check_value_length: 0,
+                    },
+                )
+                .map_err(|e| e.message.clone())?;
+            let mut pad = crate::pinpad::PinPad::with_tmk(&tid, tmk.clone());
+            pad.load_field62(
+                &out.field62,
+                crate::server::convert::layout_to_pb(out.layout) as i32,
+            )?;
+            Ok(crate::hsm::TranslatePin {
+                source: PinKeySource::Terminal(tid),
+                pin_block: pad.pin_block("123456", &like.pan)?,
+                ..like.clone()
+            })
+        })
+        .collect()
 }
 
 fn print_table(rows: &[Summary]) {
@@ -784,7 +865,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .rpc
         .iter()
         .copied()
-        .filter(|r| *r != BenchRpc::InprocessTranslatePin)
+        .filter(|r| !r.in_process())
         .collect();
     if !network.is_empty() {
         let admin_ch = connect(&ClientConfig::from_data_dir(
@@ -854,10 +935,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             rows.push(summarize(*rpc, o, secs));
         }
     }
-    if args.rpc.contains(&BenchRpc::InprocessTranslatePin) {
+    for rpc in args.rpc.iter().copied().filter(|r| r.in_process()) {
         let a = args.clone();
         rows.push(
-            tokio::task::spawn_blocking(move || inprocess(&a))
+            tokio::task::spawn_blocking(move || inprocess(&a, rpc))
                 .await
                 .map_err(|e| e.to_string())??,
         );

@@ -8,7 +8,6 @@
 use cmac::digest::{core_api::CoreWrapper, InnerInit};
 use cmac::{CmacCore, Mac};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
 
 use super::cipher::{xor_in_place, Cipher, Schedule};
 use super::CryptoError;
@@ -78,7 +77,8 @@ pub fn iso9797_alg1(cipher: &Cipher, data: &[u8], padding: Padding) -> Vec<u8> {
 /// then the final block through TDES EDE (K1, K2, K1) for 16-byte keys or
 /// (K1, K2, K3) for 24-byte keys.
 pub struct RetailMac {
-    k1: super::des_sp::FastDes,
+    /// K1‖K2(‖K3): its K1 schedule also runs the single-DES CBC chain, so a
+    /// cold MAC key is two (three) schedules to fetch.
     ede: super::des_sp::FastTdes,
 }
 
@@ -99,18 +99,8 @@ impl RetailMac {
         if !matches!(key.len(), 16 | 24) {
             return Err(bad());
         }
-        // K1‖K2‖K1 for a 16-byte key, K1‖K2‖K3 for a 24-byte key.
-        let mut ede_key = Zeroizing::new([0u8; 24]);
-        for (d, s) in ede_key.iter_mut().zip(key.iter().chain(key.iter())) {
-            *d = *s;
-        }
-        let k1: &[u8; 8] = ede_key
-            .get(..8)
-            .and_then(|k| k.try_into().ok())
-            .ok_or_else(bad)?;
-        let k1 = super::des_sp::FastDes::new(k1);
-        let ede = super::des_sp::FastTdes::new(ede_key.as_slice()).ok_or_else(bad)?;
-        Ok(RetailMac { k1, ede })
+        let ede = super::des_sp::FastTdes::new(key).ok_or_else(bad)?;
+        Ok(RetailMac { ede })
     }
 
     /// The full 8-byte MAC of `data` padded with `padding`.
@@ -123,10 +113,15 @@ impl RetailMac {
             last_input = state;
             xor_in_place(&mut last_input, block);
             state = last_input;
-            self.k1.encrypt(&mut state);
+            self.ede.encrypt_k1(&mut state);
         });
         self.ede.encrypt(&mut last_input);
         last_input
+    }
+
+    /// Starts fetching a cold key's schedules (see [`crate::crypto::Cipher::warm`]).
+    pub fn warm(&self) {
+        std::hint::black_box(self.ede.warm());
     }
 }
 

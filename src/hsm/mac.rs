@@ -11,11 +11,11 @@ use crate::keys::{KeyClass, KeyType};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// What a MAC call works with (see `Hsm::mac_keys`).
+/// A terminal's MAC keys and bucket (see `Hsm::terminal_mac_keys`).
 struct MacKeys {
     key: CachedKey,
     prev: Option<CachedKey>,
-    slot: Option<Arc<Slot>>,
+    slot: Arc<Slot>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,38 +69,30 @@ fn compute(key: &CachedKey, alg: MacAlgorithm, message: &[u8]) -> Result<Vec<u8>
 }
 
 impl Hsm {
-    /// The MAC key, the previous MAK inside its grace period, and for a
-    /// terminal its MAC-failure bucket.
-    fn mac_keys(&self, source: &MacKeySource) -> Result<MacKeys, HsmError> {
+    /// A terminal's MAK, its previous MAK inside the grace period, and its
+    /// MAC-failure bucket (cloned: for long messages and MAC generation).
+    fn terminal_mac_keys(&self, tid: &str) -> Result<MacKeys, HsmError> {
+        let grace = self.config().mac_grace_secs as i64;
+        let now = crate::now_unix();
+        let (mak, prev, slot) = self.with_terminal_keys(tid, |tk| {
+            let prev = tk
+                .prev_mak
+                .as_ref()
+                .filter(|(_, since)| now - since <= grace)
+                .map(|(k, _)| k.clone());
+            (tk.mak.clone(), prev, tk.mac_slot.clone())
+        })?;
+        Ok(MacKeys {
+            key: mak.ok_or_else(|| not_signed_in(tid))?,
+            prev,
+            slot,
+        })
+    }
+
+    fn mac_key(&self, source: &MacKeySource) -> Result<CachedKey, HsmError> {
         match source {
-            MacKeySource::Terminal(tid) => {
-                let grace = self.config().mac_grace_secs as i64;
-                let now = crate::now_unix();
-                let (mak, prev, slot) = self.with_terminal_keys(tid, |tk| {
-                    let prev = tk
-                        .prev_mak
-                        .as_ref()
-                        .filter(|(_, since)| now - since <= grace)
-                        .map(|(k, _)| k.clone());
-                    (tk.mak.clone(), prev, tk.mac_slot.clone())
-                })?;
-                let mak = mak.ok_or_else(|| {
-                    err(
-                        Reason::TerminalNotSignedIn,
-                        format!("terminal {tid} has not signed in: no MAK yet"),
-                    )
-                })?;
-                Ok(MacKeys {
-                    key: mak,
-                    prev,
-                    slot: Some(slot),
-                })
-            }
-            MacKeySource::Key(r) => Ok(MacKeys {
-                key: self.load_class(r, &[KeyClass::Mac], "for MACs")?,
-                prev: None,
-                slot: None,
-            }),
+            MacKeySource::Terminal(tid) => Ok(self.terminal_mac_keys(tid)?.key),
+            MacKeySource::Key(r) => self.load_class(r, &[KeyClass::Mac], "for MACs"),
         }
     }
 
@@ -121,7 +113,7 @@ impl Hsm {
     pub fn generate_mac(&self, req: &MacRequest<'_>) -> Result<Vec<u8>, HsmError> {
         self.check_ready()?;
         self.check_message(req.message)?;
-        let key = self.mac_keys(&req.source)?.key;
+        let key = self.mac_key(&req.source)?;
         let mut out = compute(&key, req.algorithm, req.message)?;
         let n = match req.mac_length {
             0 => out.len(),
@@ -144,70 +136,153 @@ impl Hsm {
     pub fn verify_mac(&self, req: &MacRequest<'_>, mac: &[u8]) -> Result<bool, HsmError> {
         self.check_ready()?;
         self.check_message(req.message)?;
-        let MacKeys { key, prev, slot } = self.mac_keys(&req.source)?;
         // The security trigger counts MAC failures per terminal (or terminal MAC
         // key); a terminal's bucket comes with its keys.
-        let guard = |subject: &str, take: bool| -> Verdict {
-            match (&slot, take) {
-                (Some(s), false) => self.mac_guard.check_slot(s),
-                (Some(s), true) => self.mac_guard.take_slot(s),
-                (None, false) => self.mac_guard.check(subject),
-                (None, true) => self.mac_guard.take(subject),
+        match &req.source {
+            MacKeySource::Terminal(tid) if req.message.len() <= MAC_UNDER_LOCK => {
+                // Hot path: verified on the cached entry under its shard's read
+                // lock (a few microseconds at this size), no reference count written.
+                let (grace, now) = (self.config().mac_grace_secs as i64, crate::now_unix());
+                let checked = self.with_terminal_keys(tid, |tk| {
+                    let mak = tk.mak.as_ref()?;
+                    tk.mac_slot.warm();
+                    match (req.algorithm, mak.retail_mac()) {
+                        (MacAlgorithm::Iso9797Alg3, Some(r)) => r.warm(),
+                        _ => mak.cipher().warm(),
+                    }
+                    let prev = tk
+                        .prev_mak
+                        .as_ref()
+                        .filter(|(_, since)| now - since <= grace)
+                        .map(|(k, _)| k);
+                    Some(self.check_mac(req, mac, mak, prev, |take| {
+                        if take {
+                            self.mac_guard.take_slot(&tk.mac_slot)
+                        } else {
+                            self.mac_guard.check_slot(&tk.mac_slot)
+                        }
+                    }))
+                })?;
+                let checked = checked.ok_or_else(|| not_signed_in(tid))?;
+                self.settle(checked, tid)
             }
-        };
-        let subject = match &req.source {
-            MacKeySource::Terminal(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
-            MacKeySource::Key(r) if key.key_type() == KeyType::Tak => {
-                Some(match (&key.meta().key_id, r) {
+            MacKeySource::Terminal(tid) => {
+                let MacKeys { key, prev, slot } = self.terminal_mac_keys(tid)?;
+                let checked = self.check_mac(req, mac, &key, prev.as_ref(), |take| {
+                    if take {
+                        self.mac_guard.take_slot(&slot)
+                    } else {
+                        self.mac_guard.check_slot(&slot)
+                    }
+                });
+                self.settle(checked, tid)
+            }
+            MacKeySource::Key(r) => {
+                let key = self.load_class(r, &[KeyClass::Mac], "for MACs")?;
+                if key.key_type() != KeyType::Tak {
+                    // Zone MAC keys are not a terminal's: no trigger.
+                    return verify_with(req, mac, &key, None);
+                }
+                let subject = match (&key.meta().key_id, r) {
                     (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
                     (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
                     (None, other) => std::borrow::Cow::Owned(other.to_string()),
-                })
-            }
-            MacKeySource::Key(_) => None,
-        };
-        if let Some(s) = &subject {
-            if let Verdict::Throttled { first } = guard(s, false) {
-                return Err(self.throttled("VerifyMac", s, first));
-            }
-        }
-        let valid = self.verify_with(req, mac, &key, prev)?;
-        if !valid {
-            if let Some(s) = &subject {
-                if let Verdict::Throttled { first } = guard(s, true) {
-                    // This failure is reported; the trigger holds the next calls back.
-                    if first {
-                        let _ = self.throttled("VerifyMac", s, true);
+                };
+                let checked = self.check_mac(req, mac, &key, None, |take| {
+                    if take {
+                        self.mac_guard.take(&subject)
+                    } else {
+                        self.mac_guard.check(&subject)
                     }
-                }
+                });
+                self.settle(checked, &subject)
             }
         }
-        Ok(valid)
     }
 
-    fn verify_with(
+    /// One verification against a trigger (`guard(false)` checks, `guard(true)`
+    /// counts a failure). Writes no audit record: the caller may hold a lock.
+    fn check_mac(
         &self,
         req: &MacRequest<'_>,
         mac: &[u8],
         key: &CachedKey,
-        prev: Option<CachedKey>,
-    ) -> Result<bool, HsmError> {
-        let check = |k: &CachedKey| -> Result<bool, HsmError> {
-            let full = compute(k, req.algorithm, req.message)?;
-            if mac.len() < MIN_MAC_LEN || mac.len() > full.len() {
-                return Err(err(
-                    Reason::InvalidMacLength,
-                    format!("a MAC of {} bytes is outside {MIN_MAC_LEN}..={} for this algorithm and key", mac.len(), full.len()),
-                ));
+        prev: Option<&CachedKey>,
+        guard: impl Fn(bool) -> Verdict,
+    ) -> Checked {
+        if let Verdict::Throttled { first } = guard(false) {
+            return Checked::Refused { first };
+        }
+        match verify_with(req, mac, key, prev) {
+            Ok(false) => match guard(true) {
+                Verdict::Throttled { first: true } => Checked::FailedAndThrottled,
+                _ => Checked::Done(Ok(false)),
+            },
+            other => Checked::Done(other),
+        }
+    }
+
+    /// The answer for a [`Checked`], with the trigger's audit record if one is due.
+    fn settle(&self, checked: Checked, subject: &str) -> Result<bool, HsmError> {
+        match checked {
+            Checked::Done(r) => r,
+            Checked::Refused { first } => Err(self.throttled("VerifyMac", subject, first)),
+            Checked::FailedAndThrottled => {
+                // This failure is reported; the trigger holds the next calls back.
+                let _ = self.throttled("VerifyMac", subject, true);
+                Ok(false)
             }
-            Ok(bool::from(full[..mac.len()].ct_eq(mac)))
-        };
-        if check(key)? {
-            return Ok(true);
         }
-        match prev {
-            Some(p) => check(&p),
-            None => Ok(false),
+    }
+}
+
+/// Messages up to this size are verified under the terminal cache's read
+/// lock; longer ones on cloned keys, so no shard waits on a long MAC.
+const MAC_UNDER_LOCK: usize = 1024;
+
+/// How a verification against the security trigger came out.
+enum Checked {
+    Done(Result<bool, HsmError>),
+    /// Refused before checking; `first` of a throttling episode.
+    Refused {
+        first: bool,
+    },
+    /// A wrong MAC that started a throttling episode.
+    FailedAndThrottled,
+}
+
+fn not_signed_in(tid: &str) -> HsmError {
+    err(
+        Reason::TerminalNotSignedIn,
+        format!("terminal {tid} has not signed in: no MAK yet"),
+    )
+}
+
+fn verify_with(
+    req: &MacRequest<'_>,
+    mac: &[u8],
+    key: &CachedKey,
+    prev: Option<&CachedKey>,
+) -> Result<bool, HsmError> {
+    let check = |k: &CachedKey| -> Result<bool, HsmError> {
+        let full = compute(k, req.algorithm, req.message)?;
+        if mac.len() < MIN_MAC_LEN || mac.len() > full.len() {
+            return Err(err(
+                Reason::InvalidMacLength,
+                format!(
+                    "a MAC of {} bytes is outside {MIN_MAC_LEN}..={} for this algorithm and key",
+                    mac.len(),
+                    full.len()
+                ),
+            ));
         }
+        Ok(bool::from(full[..mac.len()].ct_eq(mac)))
+    };
+    if check(key)? {
+        return Ok(true);
+    }
+    match prev {
+        Some(p) => check(p),
+        None => Ok(false),
     }
 }

@@ -3,12 +3,11 @@
 //! format, without the clear PIN ever leaving this function. Format changes
 //! that would drop the PAN binding (anything → ISO 1) are refused by default.
 
-use super::guard::{Slot, Verdict};
+use super::guard::Verdict;
 use super::{err, Hsm, HsmError, KeyRef, Reason};
 use crate::crypto::pinblock::{self, Pan, PinBlockFormat};
 use crate::keys::cache::CachedKey;
 use crate::keys::{KeyClass, KeyType};
-use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub enum PinKeySource {
@@ -36,55 +35,58 @@ pub struct TranslatedPin {
 }
 
 impl Hsm {
-    /// The source PIN key and, for a terminal, its security-trigger bucket.
-    pub(crate) fn pin_source_key(
-        &self,
-        source: &PinKeySource,
-    ) -> Result<(CachedKey, Option<Arc<Slot>>), HsmError> {
-        match source {
+    pub fn translate_pin(&self, req: &TranslatePin) -> Result<TranslatedPin, HsmError> {
+        self.check_ready()?;
+        match &req.source {
             PinKeySource::Terminal(tid) => {
-                let (pik, slot) =
-                    self.with_terminal_keys(tid, |tk| (tk.pik.clone(), tk.pin_slot.clone()))?;
-                let pik = pik.ok_or_else(|| {
-                    err(
+                let dst = self.pin_dest_key(req)?;
+                // Hot path: the translation runs on the cached entry under its
+                // shard's read lock (a microsecond), so no reference count of
+                // the terminal's cold key or bucket is written per call.
+                let r = self.with_terminal_keys(tid, |tk| {
+                    let Some(pik) = &tk.pik else {
+                        return Err(None);
+                    };
+                    // Fetch the cold bucket and PIK together, not one after the other.
+                    tk.pin_slot.warm();
+                    pik.cipher().warm();
+                    // The security trigger counts translations per terminal.
+                    if let Verdict::Throttled { first } = self.pin_guard.take_slot(&tk.pin_slot) {
+                        return Err(Some(first));
+                    }
+                    Ok(translate_with(pik, &dst, req))
+                })?;
+                match r {
+                    Ok(out) => out,
+                    Err(None) => Err(err(
                         Reason::TerminalNotSignedIn,
                         format!("terminal {tid} has not signed in: no PIK yet"),
-                    )
-                })?;
-                Ok((pik, Some(slot)))
+                    )),
+                    // Audited outside the lock (the first refusal commits a record).
+                    Err(Some(first)) => Err(self.throttled("TranslatePin", tid, first)),
+                }
             }
-            PinKeySource::Key(r) => Ok((
-                self.load_class(r, &[KeyClass::Pin], "for PIN blocks")?,
-                None,
-            )),
+            PinKeySource::Key(r) => {
+                let src = self.load_class(r, &[KeyClass::Pin], "for PIN blocks")?;
+                // A terminal PIN key named directly is counted by its id (or block).
+                if src.key_type() == KeyType::Tpk {
+                    let subject = match (&src.meta().key_id, r) {
+                        (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
+                        (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
+                        (None, other) => std::borrow::Cow::Owned(other.to_string()),
+                    };
+                    if let Verdict::Throttled { first } = self.pin_guard.take(&subject) {
+                        return Err(self.throttled("TranslatePin", &subject, first));
+                    }
+                }
+                let dst = self.pin_dest_key(req)?;
+                translate_with(&src, &dst, req)
+            }
         }
     }
 
-    pub fn translate_pin(&self, req: &TranslatePin) -> Result<TranslatedPin, HsmError> {
-        self.check_ready()?;
-        let (src, slot) = self.pin_source_key(&req.source)?;
-        // The security trigger counts translations per terminal (or per terminal PIN key).
-        if let (Some(slot), PinKeySource::Terminal(t)) = (&slot, &req.source) {
-            if let Verdict::Throttled { first } = self.pin_guard.take_slot(slot) {
-                return Err(self.throttled("TranslatePin", t, first));
-            }
-        }
-        let subject = match &req.source {
-            PinKeySource::Terminal(_) => None,
-            PinKeySource::Key(r) if src.key_type() == KeyType::Tpk => {
-                Some(match (&src.meta().key_id, r) {
-                    (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
-                    (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
-                    (None, other) => std::borrow::Cow::Owned(other.to_string()),
-                })
-            }
-            PinKeySource::Key(_) => None,
-        };
-        if let Some(subject) = &subject {
-            if let Verdict::Throttled { first } = self.pin_guard.take(subject) {
-                return Err(self.throttled("TranslatePin", subject, first));
-            }
-        }
+    /// The destination ZPK, and the format policy checked before any PIN is touched.
+    fn pin_dest_key(&self, req: &TranslatePin) -> Result<CachedKey, HsmError> {
         let dst = self.load_class(&req.dest, &[KeyClass::Pin], "for PIN blocks")?;
         if dst.key_type() != KeyType::Zpk {
             return Err(err(
@@ -108,32 +110,41 @@ impl Hsm {
                 ),
             ));
         }
-        let pan = if req.source_format.needs_pan() || req.dest_format.needs_pan() {
-            Some(Pan::parse(&req.pan)?)
-        } else {
-            None
-        };
-        let pin = pinblock::decipher(
-            req.source_format,
-            src.cipher(),
-            &req.pin_block,
-            pan.as_ref(),
-        )
-        .map_err(|e| match HsmError::from(e) {
-            // One message for every decode failure: which check failed (control
-            // field, length, digit, fill, padding) would sharpen the PIN-block
-            // oracle of Berkman & Ostrovsky's attacks.
-            e if e.reason == Reason::InvalidPinBlock => err(
-                Reason::InvalidPinBlock,
-                "invalid PIN block: it does not decode under the source key with this PAN and format",
-            ),
-            e => e,
-        })?;
-        let out = pinblock::encipher(req.dest_format, dst.cipher(), &pin, pan.as_ref())?;
-        Ok(TranslatedPin {
-            pin_block: out.to_vec(),
-            dest_kcv: dst.meta().kcv.clone(),
-            pin_len: pin.len(),
-        })
+        Ok(dst)
     }
+}
+
+/// Decrypts under `src`, re-encrypts under `dst`; the clear PIN stays here.
+fn translate_with(
+    src: &CachedKey,
+    dst: &CachedKey,
+    req: &TranslatePin,
+) -> Result<TranslatedPin, HsmError> {
+    let pan = if req.source_format.needs_pan() || req.dest_format.needs_pan() {
+        Some(Pan::parse(&req.pan)?)
+    } else {
+        None
+    };
+    let pin = pinblock::decipher(
+        req.source_format,
+        src.cipher(),
+        &req.pin_block,
+        pan.as_ref(),
+    )
+    .map_err(|e| match HsmError::from(e) {
+        // One message for every decode failure: which check failed (control
+        // field, length, digit, fill, padding) would sharpen the PIN-block
+        // oracle of Berkman & Ostrovsky's attacks.
+        e if e.reason == Reason::InvalidPinBlock => err(
+            Reason::InvalidPinBlock,
+            "invalid PIN block: it does not decode under the source key with this PAN and format",
+        ),
+        e => e,
+    })?;
+    let out = pinblock::encipher(req.dest_format, dst.cipher(), &pin, pan.as_ref())?;
+    Ok(TranslatedPin {
+        pin_block: out.to_vec(),
+        dest_kcv: dst.meta().kcv.clone(),
+        pin_len: pin.len(),
+    })
 }
