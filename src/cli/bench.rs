@@ -84,9 +84,6 @@ struct Fixture {
     pin_block: Vec<u8>,
     message: Vec<u8>,
     mac: Vec<u8>,
-    /// The unary requests, protobuf-encoded once (see [`RawCodec`]).
-    translate_pin: Bytes,
-    verify_mac: Bytes,
 }
 
 struct Fixtures {
@@ -94,7 +91,23 @@ struct Fixtures {
     zak_alias: String,
     pan: String,
     terminals: Vec<Fixture>,
+    /// The unary requests per terminal, protobuf-encoded once (see
+    /// [`RawCodec`]), each RPC's side by side in one buffer in terminal order.
+    translate_pin: Vec<Bytes>,
+    verify_mac: Vec<Bytes>,
+    /// The one answer every TranslatePin must get, byte for byte: the PIN
+    /// block under the ZPK (ISO 0 is deterministic, and every terminal's PIN
+    /// pad enciphers the same PIN and PAN) and the ZPK's check value, both
+    /// computed here from the ZPK's components.
+    translate_pin_answer: &'static [u8],
 }
+
+/// The PIN every fixture terminal's customer types.
+const BENCH_PIN: &str = "123456";
+
+/// `VerifyMacResponse { valid: true }` and `HealthCheckResponse { status:
+/// SERVING }` both encode as field 1, varint 1.
+const VALID_OR_SERVING: &[u8] = &[0x08, 0x01];
 
 #[derive(Default)]
 struct Outcome {
@@ -190,17 +203,29 @@ async fn make_fixtures(
         .await
         .map_err(|e| format!("fixture TMK: {}", status_msg(&e)))?
         .into_inner();
-    for (t, a) in [(pb::KeyType::Zpk, "zpk"), (pb::KeyType::Zak, "zak")] {
-        admin
-            .generate_key(pb::GenerateKeyRequest {
-                key_type: t as i32,
-                algorithm: pb::KeyAlgorithm::Tdes2key as i32,
-                alias: format!("bench-{a}-{suffix}"),
-                exportable: false,
-            })
-            .await
-            .map_err(|e| format!("fixture {a}: {}", status_msg(&e)))?;
-    }
+    // The ZPK from components too: the generator knows every answer TranslatePin owes it.
+    let (parts, zpk_clear) = crate::pinpad::tdes_components();
+    let zpk = admin
+        .import_key_components(pb::ImportKeyComponentsRequest {
+            key_type: pb::KeyType::Zpk as i32,
+            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
+            components: parts,
+            alias: format!("bench-zpk-{suffix}"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("fixture ZPK: {}", status_msg(&e)))?
+        .into_inner();
+    let zpk_cipher = Cipher::new(Algorithm::Tdes2, &zpk_clear).map_err(|e| e.to_string())?;
+    admin
+        .generate_key(pb::GenerateKeyRequest {
+            key_type: pb::KeyType::Zak as i32,
+            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
+            alias: format!("bench-zak-{suffix}"),
+            exportable: false,
+        })
+        .await
+        .map_err(|e| format!("fixture zak: {}", status_msg(&e)))?;
     let n = args.terminals.max(1);
     eprintln!(
         "bench: creating {n} terminals{}",
@@ -250,8 +275,6 @@ async fn make_fixtures(
                     pin_block: vec![],
                     message,
                     mac: vec![],
-                    translate_pin: Bytes::new(),
-                    verify_mac: Bytes::new(),
                 });
             }
             let r = posp
@@ -266,15 +289,13 @@ async fn make_fixtures(
             // The PIN pad's side, computed independently of the daemon.
             let mut pad = crate::pinpad::PinPad::with_tmk(&tid, tmk_cipher);
             pad.load_field62(&r.field62, r.layout)?;
-            let pin_block = pad.pin_block("123456", &pan)?;
+            let pin_block = pad.pin_block(BENCH_PIN, &pan)?;
             let mac = pad.mac(&message)?;
             Ok::<_, String>(Fixture {
                 terminal_id: tid,
                 pin_block,
                 message,
                 mac,
-                translate_pin: Bytes::new(),
-                verify_mac: Bytes::new(),
             })
         }));
     }
@@ -283,21 +304,63 @@ async fn make_fixtures(
         terminals.push(t.await.map_err(|e| e.to_string())??);
     }
     bar.finish_and_clear();
+    let answer = pb::TranslatePinResponse {
+        pin_block: pinblock::encipher(
+            PinBlockFormat::Iso0,
+            &zpk_cipher,
+            &Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?,
+            Some(&Pan::parse(&pan).map_err(|e| e.to_string())?),
+        )
+        .map_err(|e| e.to_string())?
+        .to_vec(),
+        dest_kcv: crate::crypto::kcv::kcv_hex(&zpk_cipher, 3),
+    };
+    if answer.dest_kcv != zpk.kcv {
+        return Err(format!(
+            "the daemon formed a ZPK with check value {}, the generator {}",
+            zpk.kcv, answer.dest_kcv
+        ));
+    }
     let mut fx = Fixtures {
         zpk_alias: format!("bench-zpk-{suffix}"),
         zak_alias: format!("bench-zak-{suffix}"),
         pan,
-        terminals: Vec::new(),
+        terminals,
+        translate_pin: Vec::new(),
+        verify_mac: Vec::new(),
+        translate_pin_answer: leak(answer.encode_to_vec()),
     };
-    // Kept for the life of the process (the generator exits after its runs):
-    // a static `Bytes` clones without touching a reference count.
-    let leak = |v: Vec<u8>| Bytes::from_static(Box::leak(v.into_boxed_slice()));
-    for t in &mut terminals {
-        t.translate_pin = leak(translate_req(&fx, t).encode_to_vec());
-        t.verify_mac = leak(verify_req(t).encode_to_vec());
-    }
-    fx.terminals = terminals;
+    fx.translate_pin = side_by_side(fx.terminals.iter().map(|t| translate_req(&fx, t)));
+    fx.verify_mac = side_by_side(fx.terminals.iter().map(verify_req));
     Ok(fx)
+}
+
+/// Kept for the life of the process (the generator exits after its runs):
+/// a static `Bytes` clones without touching a reference count.
+fn leak(v: Vec<u8>) -> &'static [u8] {
+    Box::leak(v.into_boxed_slice())
+}
+
+/// The requests encoded into one buffer, in order: a run of calls over
+/// neighbouring terminals reads neighbouring memory, as a POSP's own
+/// per-request buffers would be warm, so the generator's side of a call does
+/// not grow with the number of terminals.
+fn side_by_side<M: Message>(reqs: impl Iterator<Item = M>) -> Vec<Bytes> {
+    let mut buf = Vec::new();
+    let mut ends = Vec::new();
+    for r in reqs {
+        r.encode(&mut buf).unwrap_or_default();
+        ends.push(buf.len());
+    }
+    let all = Bytes::from_static(leak(buf));
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let b = all.slice(start..end);
+            start = end;
+            b
+        })
+        .collect()
 }
 
 /// The generator's codec for unary calls: it sends protobuf bytes encoded
@@ -305,8 +368,18 @@ async fn make_fixtures(
 /// and check. Every unary RPC, the empty health check included, goes through
 /// it, so the client side of each call is the same transport work and the
 /// ratio to the health check measures the daemon, not request building.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
+#[derive(Clone, Copy)]
+struct RawCodec {
+    /// The answer the call must get.
+    expect: &'static [u8],
+}
+
+/// An answer: the expected bytes (compared where they arrived, nothing
+/// copied or allocated), or what came instead (for the error message).
+enum Answer {
+    Expected,
+    Other(Bytes),
+}
 
 /// Codec buffer per call: the requests and answers here are well under it
 /// (tonic's default, 8 KiB, is a fresh allocation per call).
@@ -314,14 +387,14 @@ const RAW_BUFFER: usize = 1024;
 
 impl Codec for RawCodec {
     type Encode = Bytes;
-    type Decode = Bytes;
+    type Decode = Answer;
     type Encoder = RawCodec;
     type Decoder = RawCodec;
     fn encoder(&mut self) -> RawCodec {
-        RawCodec
+        *self
     }
     fn decoder(&mut self) -> RawCodec {
-        RawCodec
+        *self
     }
 }
 
@@ -338,22 +411,30 @@ impl Encoder for RawCodec {
 }
 
 impl Decoder for RawCodec {
-    type Item = Bytes;
+    type Item = Answer;
     type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Answer>, Status> {
+        let n = src.remaining();
+        if n == self.expect.len() && src.chunk().get(..n) == Some(self.expect) {
+            src.advance(n);
+            return Ok(Some(Answer::Expected));
+        }
+        Ok(Some(Answer::Other(src.copy_to_bytes(n))))
     }
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::new(RAW_BUFFER, 32 * 1024)
     }
 }
 
-/// One unary call of `path` with a pre-encoded request; decodes the answer as `M`.
-async fn unary<M: Message + Default>(
+/// One unary call of `path` with a pre-encoded request; the answer must be
+/// `expect`, byte for byte. Otherwise the error says what came, decoded as `M`.
+async fn unary<M: Message + Default + std::fmt::Debug>(
     grpc: &mut tonic::client::Grpc<Channel>,
     path: &'static str,
     request: Bytes,
-) -> Result<M, Status> {
+    expect: &'static [u8],
+    what: &str,
+) -> Result<(), Status> {
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
@@ -361,11 +442,17 @@ async fn unary<M: Message + Default>(
         .unary(
             tonic::Request::new(request),
             http::uri::PathAndQuery::from_static(path),
-            RawCodec,
+            RawCodec { expect },
         )
         .await?
         .into_inner();
-    M::decode(answer).map_err(|e| Status::internal(format!("{path}: undecodable answer: {e}")))
+    match answer {
+        Answer::Expected => Ok(()),
+        Answer::Other(b) => Err(Status::internal(match M::decode(b) {
+            Ok(m) => format!("{path}: {what}; the answer was {m:?}"),
+            Err(e) => format!("{path}: undecodable answer: {e}"),
+        })),
+    }
 }
 
 fn alias(a: &str) -> Option<pb::KeyRef> {
@@ -412,33 +499,36 @@ async fn call(
     match rpc {
         BenchRpc::Health => {
             // HealthCheckRequest { service: "" } encodes to no bytes.
-            let h: tonic_health::pb::HealthCheckResponse =
-                unary(raw, "/grpc.health.v1.Health/Check", Bytes::new()).await?;
-            if h.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                return Err(tonic::Status::internal("daemon is not serving"));
-            }
+            unary::<tonic_health::pb::HealthCheckResponse>(
+                raw,
+                "/grpc.health.v1.Health/Check",
+                Bytes::new(),
+                VALID_OR_SERVING,
+                "the daemon is not serving",
+            )
+            .await?;
             Ok(1)
         }
         BenchRpc::TranslatePin => {
-            let r: pb::TranslatePinResponse = unary(
+            unary::<pb::TranslatePinResponse>(
                 raw,
                 "/poshsm.v1.Crypto/TranslatePin",
-                t.translate_pin.clone(),
+                fx.translate_pin[i % n].clone(),
+                fx.translate_pin_answer,
+                "not the PIN block (or ZPK check value) the generator computed",
             )
             .await?;
-            if r.pin_block.len() != 8 {
-                return Err(tonic::Status::internal(
-                    "translated PIN block is not 8 bytes",
-                ));
-            }
             Ok(1)
         }
         BenchRpc::VerifyMac => {
-            let v: pb::VerifyMacResponse =
-                unary(raw, "/poshsm.v1.Crypto/VerifyMac", t.verify_mac.clone()).await?;
-            if !v.valid {
-                return Err(tonic::Status::internal("fixture MAC did not verify"));
-            }
+            unary::<pb::VerifyMacResponse>(
+                raw,
+                "/poshsm.v1.Crypto/VerifyMac",
+                fx.verify_mac[i % n].clone(),
+                VALID_OR_SERVING,
+                "the fixture MAC did not verify",
+            )
+            .await?;
             Ok(1)
         }
         BenchRpc::GenerateMac => {
@@ -720,7 +810,7 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         .key_id;
     let pik = Cipher::new(Algorithm::Tdes2, &clear).map_err(|e| e.to_string())?;
     let pan = Pan::parse("6222020200112233445").map_err(|e| e.to_string())?;
-    let pin = Pin::parse("123456").map_err(|e| e.to_string())?;
+    let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
     let block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan))
         .map_err(|e| e.to_string())?;
     let req = TranslatePin {
@@ -839,7 +929,7 @@ fn inprocess_terminals(
             )?;
             Ok(crate::hsm::TranslatePin {
                 source: PinKeySource::Terminal(tid),
-                pin_block: pad.pin_block("123456", &like.pan)?,
+                pin_block: pad.pin_block(BENCH_PIN, &like.pan)?,
                 ..like.clone()
             })
         })
