@@ -5,9 +5,10 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use zeroize::Zeroize;
 
 static LOCK_FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -164,6 +165,87 @@ impl<T> Drop for Locked<T> {
     }
 }
 
+/// A shared value in locked memory: `Arc<Locked<T>>` without the `Arc`'s own
+/// allocation. The count lives beside the value, so a holder reaches the value
+/// through one pointer; for a cold key (one of a terminal's thousands) that is
+/// one cache miss fewer per call. Clone and drop follow `std::sync::Arc`.
+pub struct LockedArc<T> {
+    ptr: NonNull<Shared<T>>,
+}
+
+struct Shared<T> {
+    count: AtomicUsize,
+    /// The allocation's own handle: taken out and dropped by the last holder,
+    /// which drops `value` and zeroes and frees the memory.
+    home: MaybeUninit<Locked<Shared<T>>>,
+    value: T,
+}
+
+// SAFETY: like Arc<T>: shared &T across threads needs T: Sync, and the last
+// holder, on any thread, drops T (T: Send).
+unsafe impl<T: Send + Sync> Send for LockedArc<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for LockedArc<T> {}
+
+impl<T> LockedArc<T> {
+    pub fn new(value: T) -> LockedArc<T> {
+        let home = Locked::new(Shared {
+            count: AtomicUsize::new(1),
+            home: MaybeUninit::uninit(),
+            value,
+        });
+        let ptr = home.ptr;
+        // SAFETY: ptr is the live allocation `home` owns; nothing else refers
+        // to it yet. The handle moves into its own allocation and is read out
+        // exactly once, by the last holder (Drop).
+        unsafe { (*ptr.as_ptr()).home.write(home) };
+        LockedArc { ptr }
+    }
+
+    /// How many holders share the value (tests).
+    pub fn holders(this: &Self) -> usize {
+        this.shared().count.load(Ordering::Acquire)
+    }
+
+    fn shared(&self) -> &Shared<T> {
+        // SAFETY: the allocation lives while any holder (self) does.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> Clone for LockedArc<T> {
+    fn clone(&self) -> Self {
+        // Relaxed, as Arc: a new holder comes from an existing one.
+        let old = self.shared().count.fetch_add(1, Ordering::Relaxed);
+        if old > isize::MAX as usize {
+            std::process::abort();
+        }
+        LockedArc { ptr: self.ptr }
+    }
+}
+
+impl<T> Deref for LockedArc<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.shared().value
+    }
+}
+
+impl<T> Drop for LockedArc<T> {
+    fn drop(&mut self) {
+        if self.shared().count.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Every other holder's use happens before the value is dropped (as Arc).
+        std::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: we were the last holder: `home` was written in new() and is
+        // read out once, here; dropping it drops the value (home itself is
+        // MaybeUninit and not dropped again) and zeroes and frees the memory.
+        let home = unsafe { (*self.ptr.as_ptr()).home.assume_init_read() };
+        drop(home);
+    }
+}
+
 fn protect(ptr: *mut u8, len: usize) -> bool {
     #[cfg(target_os = "linux")]
     // SAFETY: ptr..ptr+len is a page-aligned region we own.
@@ -205,6 +287,33 @@ pub fn disable_core_dumps() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_value_is_dropped_once_by_its_last_holder() {
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        use std::sync::Arc;
+        let drops = Arc::new(AtomicUsize::new(0));
+        let a = LockedArc::new(Counted(drops.clone()));
+        assert_eq!(&*a as *const Counted as usize % 8, 0);
+        let copies: Vec<_> = (0..4).map(|_| a.clone()).collect();
+        assert_eq!(LockedArc::holders(&a), 5);
+        let threads: Vec<_> = copies
+            .into_iter()
+            .map(|c| std::thread::spawn(move || drop(c)))
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(LockedArc::holders(&a), 1);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "still held");
+        drop(a);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "dropped exactly once");
+    }
 
     #[test]
     fn locked_values_are_aligned_and_readable() {

@@ -4,11 +4,10 @@
 //! key bytes, only `Arc`s to [`LoadedKey`].
 
 use super::LoadedKey;
-use crate::sys::Locked;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-pub type CachedKey = Arc<Locked<LoadedKey>>;
+pub type CachedKey = crate::sys::LockedArc<LoadedKey>;
 
 /// FIFO-evicting map from a reference (key id or key block) to a loaded key.
 pub struct KeyCache {
@@ -47,7 +46,7 @@ impl KeyCache {
     }
 
     pub fn insert(&self, reference: String, key: LoadedKey) -> CachedKey {
-        let entry = Arc::new(Locked::new(key));
+        let entry = crate::sys::LockedArc::new(key);
         let mut inner = self.lock();
         if !inner.map.contains_key(&reference) {
             while inner.map.len() >= self.capacity {
