@@ -287,3 +287,44 @@ fn the_trigger_survives_a_new_sign_in_and_eviction_from_the_cache() {
         "reset by eviction"
     );
 }
+
+/// Every translation takes a token, refused or not: a terminal cannot probe
+/// destination keys or formats for free, and a throttled terminal hears
+/// TERMINAL_THROTTLED whatever else is wrong with its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_translations_take_a_token_too() {
+    let mut mock = MockHsm::start_with(config(2.0, 50.0)).await.unwrap();
+    let mut posp = mock.posp.clone();
+    mock.sign_in_terminal().await.unwrap();
+    let pan = "6228480402564890018";
+    let good = pb::TranslatePinRequest {
+        source: Some(pb::translate_pin_request::Source::TerminalId(
+            "MOCK0001".into(),
+        )),
+        dest_key: Some(pb::KeyRef {
+            r#ref: Some(pb::key_ref::Ref::Alias("mock-zpk".into())),
+        }),
+        pin_block: mock.terminal.pin_block("1234", pan).unwrap(),
+        pan: pan.into(),
+        ..Default::default()
+    };
+    let to_iso1 = pb::TranslatePinRequest {
+        dest_format: pb::PinBlockFormat::Iso1 as i32,
+        ..good.clone()
+    };
+    let unknown_zpk = pb::TranslatePinRequest {
+        dest_key: Some(pb::KeyRef {
+            r#ref: Some(pb::key_ref::Ref::Alias("no-such-zpk".into())),
+        }),
+        ..good.clone()
+    };
+    let s = posp.translate_pin(to_iso1.clone()).await.unwrap_err();
+    assert_eq!(reason(&s), "FORMAT_TRANSLATION_REFUSED");
+    let s = posp.translate_pin(unknown_zpk.clone()).await.unwrap_err();
+    assert_eq!(reason(&s), "UNKNOWN_KEY");
+    for req in [good, to_iso1, unknown_zpk] {
+        let s = posp.translate_pin(req).await.unwrap_err();
+        assert_eq!(reason(&s), "TERMINAL_THROTTLED");
+    }
+    mock.stop().await;
+}

@@ -562,14 +562,20 @@ async fn call(
                 .translate_pin_batch(pb::TranslatePinBatchRequest { items })
                 .await?
                 .into_inner();
+            // Each item's answer is the one translation every terminal owes.
             let ok = r
                 .results
                 .iter()
-                .filter(|x| matches!(x.result, Some(pb::translate_pin_result::Result::Ok(_))))
+                .filter(|x| match &x.result {
+                    Some(pb::translate_pin_result::Result::Ok(a)) => {
+                        a.encode_to_vec() == fx.translate_pin_answer
+                    }
+                    _ => false,
+                })
                 .count();
             if ok != batch {
                 return Err(tonic::Status::internal(format!(
-                    "{} of {batch} batch items failed",
+                    "{} of {batch} batch items failed or were not the expected translation",
                     batch - ok
                 )));
             }
@@ -780,12 +786,6 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
     let (parts, clear) = crate::pinpad::tdes_components();
     let parts: Vec<zeroize::Zeroizing<Vec<u8>>> =
         parts.into_iter().map(zeroize::Zeroizing::new).collect();
-    let spec = |t, a: &str| crate::hsm::GenerateKey {
-        key_type: t,
-        algorithm: Algorithm::Tdes2,
-        alias: a.into(),
-        exportable: false,
-    };
     hsm.import_key_components(
         "bench",
         crate::hsm::ImportComponents {
@@ -798,8 +798,20 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    hsm.generate_key("bench", spec(crate::keys::KeyType::Zpk, "zpk"))
-        .map_err(|e| e.to_string())?;
+    // The ZPK from components too, so every answer can be checked.
+    let (zpk_parts, zpk_clear) = crate::pinpad::tdes_components();
+    hsm.import_key_components(
+        "bench",
+        crate::hsm::ImportComponents {
+            key_type: crate::keys::KeyType::Zpk,
+            algorithm: Algorithm::Tdes2,
+            components: zpk_parts.into_iter().map(zeroize::Zeroizing::new).collect(),
+            component_kcvs: vec![],
+            alias: "zpk".into(),
+            exportable: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let tpk_id = hsm
         .get_key(&KeyRef::Alias("tpk".into()))
         .map_err(|e| e.to_string())?
@@ -812,6 +824,9 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
     let pan = Pan::parse("6222020200112233445").map_err(|e| e.to_string())?;
     let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
     let block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan))
+        .map_err(|e| e.to_string())?;
+    let zpk = Cipher::new(Algorithm::Tdes2, &zpk_clear).map_err(|e| e.to_string())?;
+    let expect = pinblock::encipher(PinBlockFormat::Iso0, &zpk, &pin, Some(&pan))
         .map_err(|e| e.to_string())?;
     let req = TranslatePin {
         source: PinKeySource::Key(KeyRef::Id(tpk_id)),
@@ -833,6 +848,7 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         .map(|t| {
             let hsm = hsm.clone();
             let reqs = reqs.clone();
+            let expect = expect.to_vec();
             std::thread::spawn(move || {
                 // Each thread walks all requests from its own offset.
                 let mut i = t * reqs.len() / threads;
@@ -840,10 +856,13 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
                     i = (i + 1) % reqs.len();
                     &reqs[i]
                 };
-                while Instant::now() < warm {
-                    let _ = hsm.translate_pin(next());
-                }
                 let mut out = Outcome::default();
+                while Instant::now() < warm {
+                    if let Err(e) = hsm.translate_pin(next()) {
+                        out.errors += 1;
+                        out.first_error.get_or_insert(e.message);
+                    }
+                }
                 let start = Instant::now();
                 let mut n = 0u64;
                 // Latency sampled every 64 calls to keep the clock out of the loop.
@@ -851,7 +870,13 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
                     let t0 = Instant::now();
                     for _ in 0..64 {
                         match hsm.translate_pin(next()) {
-                            Ok(_) => n += 1,
+                            Ok(a) if a.pin_block == expect => n += 1,
+                            Ok(_) => {
+                                out.errors += 1;
+                                out.first_error.get_or_insert_with(|| {
+                                    "not the PIN block the bench computed".into()
+                                });
+                            }
                             Err(e) => {
                                 out.errors += 1;
                                 out.first_error.get_or_insert(e.message);
@@ -998,7 +1023,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 }
             );
             if args.warmup > 0 {
-                let _ = drive(
+                let w = drive(
                     *rpc,
                     &args,
                     fx.clone(),
@@ -1006,6 +1031,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                     Duration::from_secs(args.warmup),
                 )
                 .await;
+                // Not measured, but a wrong answer during warm-up still fails the run.
+                if let Some(e) = w.first_error {
+                    return Err(format!(
+                        "{}: {} errors during warm-up, first: {e}",
+                        name(*rpc),
+                        w.errors
+                    ));
+                }
             }
         }
         let mut totals: Vec<(Outcome, f64)> =

@@ -231,23 +231,19 @@ impl Cipher {
         }
     }
 
-    /// Decrypts one block whose length the caller has already checked.
-    /// Reads one word of each cache line of a DES-family key's schedule and
-    /// discards it: called on a key that is likely cold (a terminal's, one of
-    /// thousands) before taking a lock, so its misses overlap with the lock's
-    /// instead of following it one by one. No effect on any result.
+    /// Starts fetching a DES-family key's round keys: called on a key that is
+    /// likely cold (a terminal's, one of thousands) before taking a lock, so
+    /// its misses overlap with others instead of following them (see
+    /// [`crate::sys::prefetch`]). No effect on any result.
     pub fn warm(&self) {
         match &self.fast {
-            Fast::Tdes(t) => {
-                std::hint::black_box(t.warm());
-            }
-            Fast::Des(d) => {
-                std::hint::black_box(d.warm());
-            }
+            Fast::Tdes(t) => t.warm(),
+            Fast::Des(d) => d.warm(),
             Fast::None => {}
         }
     }
 
+    /// Decrypts one block whose length the caller has already checked.
     pub(crate) fn decrypt_checked(&self, block: &mut [u8]) {
         match (&self.fast, <&mut [u8; 8]>::try_from(&mut *block)) {
             (Fast::Tdes(t), Ok(b)) => t.decrypt(b),

@@ -211,13 +211,6 @@ impl Drop for DesKeys {
 }
 
 impl DesKeys {
-    /// Reads a word of each cache line the schedule can span, so a cold key's
-    /// lines are on their way before the caller's next lock (which would
-    /// otherwise wait for each miss in turn).
-    fn warm(&self) -> u32 {
-        self.ku[0] ^ self.ku[15] ^ self.kv[0] ^ self.kv[15]
-    }
-
     /// The schedule of one 8-byte DES key (parity bits ignored, as FIPS 46-3).
     pub(crate) fn new(key: &[u8; 8]) -> DesKeys {
         let k = u64::from_be_bytes(*key);
@@ -302,9 +295,9 @@ impl FastDes {
         *block = fp(self.0.rounds(l, r, true)).to_be_bytes();
     }
 
-    /// See `DesKeys::warm`.
-    pub(crate) fn warm(&self) -> u32 {
-        self.0.warm()
+    /// Starts fetching the round keys (see [`crate::sys::prefetch`]).
+    pub(crate) fn warm(&self) {
+        crate::sys::prefetch(&self.0);
     }
 }
 
@@ -345,9 +338,13 @@ impl FastTdes {
         self.k3.as_ref().unwrap_or(&self.k1)
     }
 
-    /// See `DesKeys::warm`; the value means nothing.
-    pub(crate) fn warm(&self) -> u32 {
-        self.k1.warm() ^ self.k2.warm() ^ self.k3.as_ref().map_or(0, DesKeys::warm)
+    /// Starts fetching the round keys in use (see [`crate::sys::prefetch`]).
+    pub(crate) fn warm(&self) {
+        crate::sys::prefetch(&self.k1);
+        crate::sys::prefetch(&self.k2);
+        if let Some(k3) = &self.k3 {
+            crate::sys::prefetch(k3);
+        }
     }
 
     /// Single DES under K1 (the CBC chain of ISO 9797-1 algorithm 3).

@@ -41,10 +41,10 @@ struct Bucket {
 pub struct Slot(Mutex<Bucket>);
 
 impl Slot {
-    /// A plain read of the bucket's cache line (its lock's poison flag), so a
-    /// cold terminal's bucket is fetched alongside its key, before the lock.
+    /// Starts fetching the bucket (see [`crate::sys::prefetch`]), so a cold
+    /// terminal's bucket is on its way alongside its key, before the lock.
     pub fn warm(&self) {
-        std::hint::black_box(self.0.is_poisoned());
+        crate::sys::prefetch(self);
     }
 }
 

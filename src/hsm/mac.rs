@@ -70,7 +70,7 @@ fn compute(key: &CachedKey, alg: MacAlgorithm, message: &[u8]) -> Result<Vec<u8>
 
 impl Hsm {
     /// A terminal's MAK, its previous MAK inside the grace period, and its
-    /// MAC-failure bucket (cloned: for long messages and MAC generation).
+    /// MAC-failure bucket (cloned: for long messages).
     fn terminal_mac_keys(&self, tid: &str) -> Result<MacKeys, HsmError> {
         let grace = self.config().mac_grace_secs as i64;
         let now = crate::now_unix();
@@ -91,7 +91,9 @@ impl Hsm {
 
     fn mac_key(&self, source: &MacKeySource) -> Result<CachedKey, HsmError> {
         match source {
-            MacKeySource::Terminal(tid) => Ok(self.terminal_mac_keys(tid)?.key),
+            MacKeySource::Terminal(tid) => self
+                .with_terminal_keys(tid, |tk| tk.mak.clone())?
+                .ok_or_else(|| not_signed_in(tid)),
             MacKeySource::Key(r) => self.load_class(r, &[KeyClass::Mac], "for MACs"),
         }
     }

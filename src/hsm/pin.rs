@@ -39,7 +39,10 @@ impl Hsm {
         self.check_ready()?;
         match &req.source {
             PinKeySource::Terminal(tid) => {
-                let dst = self.pin_dest_key(req)?;
+                // Resolved before the terminal's lock (its own locks are hot),
+                // but its refusal is answered only after the trigger has
+                // taken a token: every translation counts, refused or not.
+                let dst = self.pin_dest_key(req);
                 // Hot path: the translation runs on the cached entry under its
                 // shard's read lock (a microsecond), so no reference count of
                 // the terminal's cold key or bucket is written per call.
@@ -54,7 +57,10 @@ impl Hsm {
                     if let Verdict::Throttled { first } = self.pin_guard.take_slot(&tk.pin_slot) {
                         return Err(Some(first));
                     }
-                    Ok(translate_with(pik, &dst, req))
+                    Ok(match &dst {
+                        Ok(d) => translate_with(pik, d, req),
+                        Err(e) => Err(e.clone()),
+                    })
                 })?;
                 match r {
                     Ok(out) => out,

@@ -1,7 +1,8 @@
 //! A bounded cache of unwrapped keys, so a hot key is not unwrapped on every
-//! call. Each entry lives on its own locked, non-dumpable page and is zeroized
-//! when the last user drops it after eviction. The cache never hands out
-//! key bytes, only `Arc`s to [`LoadedKey`].
+//! call. Each entry lives in locked, non-dumpable memory (with its reference
+//! count, see [`crate::sys::LockedArc`]) and is zeroized when the last user
+//! drops it after eviction. The cache never hands out key bytes, only shared
+//! handles to [`LoadedKey`].
 
 use super::LoadedKey;
 use std::collections::{HashMap, VecDeque};
