@@ -35,6 +35,8 @@ for r in $(seq "$RUNS"); do
     python3 benches/psec_translate.py 1 | sed "s/^/slice-inproc $r /" >>"$OUT/results.txt"
   done
   python3 benches/summarize.py --slices "$OUT/results.txt" "$r" >>"$OUT/results.txt"
+  echo "run $r/$RUNS: in-process core through the terminal path, 20,000 terminals" >&2
+  "$BIN" bench --rpc inprocess-terminal-pin --terminals 20000 --concurrency 1 --duration 3 --warmup 1 --json 2>>"$OUT/bench.err" | grep '^{' | sed "s/^/terminals $r /" >>"$OUT/results.txt"
   for size in 64 256 1024 8192; do
     echo "run $r/$RUNS: MAC over $size bytes" >&2
     bench --rpc generate-mac,verify-mac --message-size "$size" --connections 4 --concurrency 64 --duration 5 --warmup 1 --terminals 1000 | sed "s/^/mac$size $r /" >>"$OUT/results.txt"

@@ -50,7 +50,7 @@ for base_group, base, others in (("main", "health", ["translate-pin", "verify-ma
     for o in others:
         ratios = [r[o]["rps"] / r[base]["rps"] for (g, _), r in runs.items() if g == base_group and o in r and base in r]
         if ratios:
-            print(f"- {o} / {base}: {statistics.median(ratios):.2f} (runs: {', '.join(f'{x:.2f}' for x in ratios)})")
+            print(f"- {o} / {base}: {statistics.median(ratios):.3f} (runs: {', '.join(f'{x:.3f}' for x in ratios)})")
 for (g, _), r in sorted(runs.items()):
     if g == "open" and "translate-pin" in r:
         x = r["translate-pin"]
