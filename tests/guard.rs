@@ -27,13 +27,10 @@ fn config(pin_burst: f64, mac_burst: f64) -> HsmConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
-    let mut mock = MockHsm::start_with(config(10.0, 50.0)).await.unwrap();
-    let mut posp = mock.posp.clone();
-    mock.sign_in_terminal().await.unwrap();
+/// The mock terminal's PIN 1234 to the mock ZPK.
+fn translate_request(mock: &MockHsm) -> pb::TranslatePinRequest {
     let pan = "6228480402564890018";
-    let req = pb::TranslatePinRequest {
+    pb::TranslatePinRequest {
         source: Some(pb::translate_pin_request::Source::TerminalId(
             "MOCK0001".into(),
         )),
@@ -43,7 +40,15 @@ async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
         pin_block: mock.terminal.pin_block("1234", pan).unwrap(),
         pan: pan.into(),
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
+    let mut mock = MockHsm::start_with(config(10.0, 50.0)).await.unwrap();
+    let mut posp = mock.posp.clone();
+    mock.sign_in_terminal().await.unwrap();
+    let req = translate_request(&mock);
     for i in 0..10 {
         posp.translate_pin(req.clone())
             .await
@@ -296,18 +301,7 @@ async fn refused_translations_take_a_token_too() {
     let mut mock = MockHsm::start_with(config(2.0, 50.0)).await.unwrap();
     let mut posp = mock.posp.clone();
     mock.sign_in_terminal().await.unwrap();
-    let pan = "6228480402564890018";
-    let good = pb::TranslatePinRequest {
-        source: Some(pb::translate_pin_request::Source::TerminalId(
-            "MOCK0001".into(),
-        )),
-        dest_key: Some(pb::KeyRef {
-            r#ref: Some(pb::key_ref::Ref::Alias("mock-zpk".into())),
-        }),
-        pin_block: mock.terminal.pin_block("1234", pan).unwrap(),
-        pan: pan.into(),
-        ..Default::default()
-    };
+    let good = translate_request(&mock);
     let to_iso1 = pb::TranslatePinRequest {
         dest_format: pb::PinBlockFormat::Iso1 as i32,
         ..good.clone()

@@ -180,6 +180,51 @@ pub(crate) fn status_msg(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// A double-length TDES key of `key_type` formed (over the admin API) from
+/// components the generator made, so it can compute what the key does; the
+/// daemon's key info and the clear key.
+async fn import_known(
+    admin: &mut KeyAdminClient<Channel>,
+    key_type: pb::KeyType,
+    alias: String,
+) -> Result<(pb::KeyInfo, zeroize::Zeroizing<Vec<u8>>), String> {
+    let (parts, clear) = crate::pinpad::tdes_components();
+    let info = admin
+        .import_key_components(pb::ImportKeyComponentsRequest {
+            key_type: key_type as i32,
+            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
+            components: parts,
+            alias,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("fixture {key_type:?}: {}", status_msg(&e)))?
+        .into_inner();
+    Ok((info, clear))
+}
+
+/// [`import_known`] through the core of an in-process module.
+fn import_known_inprocess(
+    hsm: &crate::hsm::Hsm,
+    key_type: crate::keys::KeyType,
+    alias: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let (parts, clear) = crate::pinpad::tdes_components();
+    hsm.import_key_components(
+        "bench",
+        crate::hsm::ImportComponents {
+            key_type,
+            algorithm: Algorithm::Tdes2,
+            components: parts.into_iter().map(zeroize::Zeroizing::new).collect(),
+            component_kcvs: vec![],
+            alias: alias.into(),
+            exportable: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(clear)
+}
+
 async fn make_fixtures(
     args: &BenchArgs,
     admin: &KeyAdminClient<Channel>,
@@ -191,31 +236,11 @@ async fn make_fixtures(
     let suffix = hex::encode_upper(suffix);
     let mut admin = admin.clone();
     // A TMK formed from components the load generator knows, so it can play every PIN pad.
-    let (parts, tmk_clear) = crate::pinpad::tdes_components();
-    let tmk = admin
-        .import_key_components(pb::ImportKeyComponentsRequest {
-            key_type: pb::KeyType::Tmk as i32,
-            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
-            components: parts,
-            alias: format!("bench-tmk-{suffix}"),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("fixture TMK: {}", status_msg(&e)))?
-        .into_inner();
+    let (tmk, tmk_clear) =
+        import_known(&mut admin, pb::KeyType::Tmk, format!("bench-tmk-{suffix}")).await?;
     // The ZPK from components too: the generator knows every answer TranslatePin owes it.
-    let (parts, zpk_clear) = crate::pinpad::tdes_components();
-    let zpk = admin
-        .import_key_components(pb::ImportKeyComponentsRequest {
-            key_type: pb::KeyType::Zpk as i32,
-            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
-            components: parts,
-            alias: format!("bench-zpk-{suffix}"),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("fixture ZPK: {}", status_msg(&e)))?
-        .into_inner();
+    let (zpk, zpk_clear) =
+        import_known(&mut admin, pb::KeyType::Zpk, format!("bench-zpk-{suffix}")).await?;
     let zpk_cipher = Cipher::new(Algorithm::Tdes2, &zpk_clear).map_err(|e| e.to_string())?;
     admin
         .generate_key(pb::GenerateKeyRequest {
@@ -783,35 +808,9 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         crate::store::Store::temporary().map_err(|e| e.to_string())?,
         config,
     ));
-    let (parts, clear) = crate::pinpad::tdes_components();
-    let parts: Vec<zeroize::Zeroizing<Vec<u8>>> =
-        parts.into_iter().map(zeroize::Zeroizing::new).collect();
-    hsm.import_key_components(
-        "bench",
-        crate::hsm::ImportComponents {
-            key_type: crate::keys::KeyType::Tpk,
-            algorithm: Algorithm::Tdes2,
-            components: parts,
-            component_kcvs: vec![],
-            alias: "tpk".into(),
-            exportable: false,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let clear = import_known_inprocess(&hsm, crate::keys::KeyType::Tpk, "tpk")?;
     // The ZPK from components too, so every answer can be checked.
-    let (zpk_parts, zpk_clear) = crate::pinpad::tdes_components();
-    hsm.import_key_components(
-        "bench",
-        crate::hsm::ImportComponents {
-            key_type: crate::keys::KeyType::Zpk,
-            algorithm: Algorithm::Tdes2,
-            components: zpk_parts.into_iter().map(zeroize::Zeroizing::new).collect(),
-            component_kcvs: vec![],
-            alias: "zpk".into(),
-            exportable: false,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let zpk_clear = import_known_inprocess(&hsm, crate::keys::KeyType::Zpk, "zpk")?;
     let tpk_id = hsm
         .get_key(&KeyRef::Alias("tpk".into()))
         .map_err(|e| e.to_string())?
@@ -907,19 +906,7 @@ fn inprocess_terminals(
     like: &crate::hsm::TranslatePin,
 ) -> Result<Vec<crate::hsm::TranslatePin>, String> {
     use crate::hsm::{CreateTerminal, PinKeySource, SignIn, SignInSource};
-    let (parts, tmk_clear) = crate::pinpad::tdes_components();
-    hsm.import_key_components(
-        "bench",
-        crate::hsm::ImportComponents {
-            key_type: crate::keys::KeyType::Tmk,
-            algorithm: Algorithm::Tdes2,
-            components: parts.into_iter().map(zeroize::Zeroizing::new).collect(),
-            component_kcvs: vec![],
-            alias: "tmk".into(),
-            exportable: false,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let tmk_clear = import_known_inprocess(hsm, crate::keys::KeyType::Tmk, "tmk")?;
     let tmk = Arc::new(Cipher::new(Algorithm::Tdes2, &tmk_clear).map_err(|e| e.to_string())?);
     eprintln!("bench: signing in {n} terminals in-process");
     (0..n)
