@@ -27,6 +27,16 @@ fn config(pin_burst: f64, mac_burst: f64) -> HsmConfig {
     }
 }
 
+/// Audit events of throttling episodes so far.
+fn throttle_events(mock: &MockHsm) -> usize {
+    mock.hsm
+        .audit_log(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
+        .count()
+}
+
 /// The mock terminal's PIN 1234 to the mock ZPK.
 fn translate_request(mock: &MockHsm) -> pb::TranslatePinRequest {
     let pan = "6228480402564890018";
@@ -59,13 +69,7 @@ async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(reason(&s), "TERMINAL_THROTTLED");
     }
-    let throttles = mock
-        .hsm
-        .audit_log(0, 1000)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
-        .count();
+    let throttles = throttle_events(&mock);
     assert_eq!(
         throttles, 1,
         "one audit event per episode, not per refused call"
@@ -117,13 +121,7 @@ async fn repeated_mac_failures_trip_the_trigger_for_that_terminal() {
         .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     assert_eq!(reason(&s), "TERMINAL_THROTTLED");
-    let throttles = mock
-        .hsm
-        .audit_log(0, 1000)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
-        .count();
+    let throttles = throttle_events(&mock);
     assert_eq!(throttles, 1);
     mock.stop().await;
 }
@@ -165,13 +163,7 @@ async fn mac_failures_on_short_and_long_messages_share_the_terminal_count() {
         let s = posp.verify_mac(verify(m, mac)).await.unwrap_err();
         assert_eq!(reason(&s), "TERMINAL_THROTTLED", "{} bytes", m.len());
     }
-    let throttles = mock
-        .hsm
-        .audit_log(0, 1000)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.outcome == "TERMINAL_THROTTLED")
-        .count();
+    let throttles = throttle_events(&mock);
     assert_eq!(throttles, 1);
     mock.stop().await;
 }
