@@ -183,7 +183,7 @@ impl Guard {
 
     /// Refills the bucket; allows if it holds a token (spending it if `take`),
     /// otherwise refuses and opens (or continues) an episode.
-    fn decide(&self, slot: &Slot, take: bool) -> Verdict {
+    pub fn decide(&self, slot: &Slot, take: bool) -> Verdict {
         if !self.enabled() {
             return Verdict::Allowed;
         }

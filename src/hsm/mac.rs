@@ -75,12 +75,11 @@ impl Hsm {
         let grace = self.config().mac_grace_secs as i64;
         let now = crate::now_unix();
         let (mak, prev, slot) = self.with_terminal_keys(tid, |tk| {
-            let prev = tk
-                .prev_mak
-                .as_ref()
-                .filter(|(_, since)| now - since <= grace)
-                .map(|(k, _)| k.clone());
-            (tk.mak.clone(), prev, tk.mac_slot.clone())
+            (
+                tk.mak.clone(),
+                tk.prev_mak_within(now, grace).cloned(),
+                tk.mac_slot.clone(),
+            )
         })?;
         Ok(MacKeys {
             key: mak.ok_or_else(|| not_signed_in(tid))?,
@@ -152,17 +151,9 @@ impl Hsm {
                         (MacAlgorithm::Iso9797Alg3, Some(r)) => r.warm(),
                         _ => mak.cipher().warm(),
                     }
-                    let prev = tk
-                        .prev_mak
-                        .as_ref()
-                        .filter(|(_, since)| now - since <= grace)
-                        .map(|(k, _)| k);
+                    let prev = tk.prev_mak_within(now, grace);
                     Some(self.check_mac(req, mac, mak, prev, |take| {
-                        if take {
-                            self.mac_guard.take_slot(&tk.mac_slot)
-                        } else {
-                            self.mac_guard.check_slot(&tk.mac_slot)
-                        }
+                        self.mac_guard.decide(&tk.mac_slot, take)
                     }))
                 })?;
                 let checked = checked.ok_or_else(|| not_signed_in(tid))?;
@@ -171,11 +162,7 @@ impl Hsm {
             MacKeySource::Terminal(tid) => {
                 let MacKeys { key, prev, slot } = self.terminal_mac_keys(tid)?;
                 let checked = self.check_mac(req, mac, &key, prev.as_ref(), |take| {
-                    if take {
-                        self.mac_guard.take_slot(&slot)
-                    } else {
-                        self.mac_guard.check_slot(&slot)
-                    }
+                    self.mac_guard.decide(&slot, take)
                 });
                 self.settle(checked, tid)
             }

@@ -125,6 +125,17 @@ pub(crate) struct TerminalKeys {
     pub mac_slot: Arc<guard::Slot>,
 }
 
+impl TerminalKeys {
+    /// The previous MAK while its grace period (`grace` seconds after its
+    /// successor was issued) lasts at `now`.
+    pub(crate) fn prev_mak_within(&self, now: i64, grace: i64) -> Option<&CachedKey> {
+        self.prev_mak
+            .as_ref()
+            .filter(|(_, since)| now - since <= grace)
+            .map(|(k, _)| k)
+    }
+}
+
 /// The HSM core. Cheap to share behind an `Arc`.
 pub struct Hsm {
     /// Current (and, in a migration window, previous) LMK. Swapped whole by
