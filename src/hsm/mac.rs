@@ -172,11 +172,7 @@ impl Hsm {
                     // Zone MAC keys are not a terminal's: no trigger.
                     return verify_with(req, mac, &key, None);
                 }
-                let subject = match (&key.meta().key_id, r) {
-                    (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
-                    (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
-                    (None, other) => std::borrow::Cow::Owned(other.to_string()),
-                };
+                let subject = super::key_subject(&key, r);
                 let checked = self.check_mac(req, mac, &key, None, |take| {
                     if take {
                         self.mac_guard.take(&subject)

@@ -125,6 +125,16 @@ pub(crate) struct TerminalKeys {
     pub mac_slot: Arc<guard::Slot>,
 }
 
+/// The security trigger's subject for a terminal key named directly
+/// (stateless mode): its key id if it has one, otherwise its block.
+pub(crate) fn key_subject<'a>(key: &CachedKey, r: &'a KeyRef) -> std::borrow::Cow<'a, str> {
+    match (&key.meta().key_id, r) {
+        (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
+        (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
+        (None, other) => std::borrow::Cow::Owned(other.to_string()),
+    }
+}
+
 impl TerminalKeys {
     /// The previous MAK while its grace period (`grace` seconds after its
     /// successor was issued) lasts at `now`.

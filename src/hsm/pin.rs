@@ -76,11 +76,7 @@ impl Hsm {
                 let src = self.load_class(r, &[KeyClass::Pin], "for PIN blocks")?;
                 // A terminal PIN key named directly is counted by its id (or block).
                 if src.key_type() == KeyType::Tpk {
-                    let subject = match (&src.meta().key_id, r) {
-                        (Some(id), _) => std::borrow::Cow::Owned(id.clone()),
-                        (None, KeyRef::Block(b)) => std::borrow::Cow::Borrowed(b.as_str()),
-                        (None, other) => std::borrow::Cow::Owned(other.to_string()),
-                    };
+                    let subject = super::key_subject(&src, r);
                     if let Verdict::Throttled { first } = self.pin_guard.take(&subject) {
                         return Err(self.throttled("TranslatePin", &subject, first));
                     }
