@@ -37,6 +37,18 @@ fn throttle_events(mock: &MockHsm) -> usize {
         .count()
 }
 
+/// A UnionPay ECB MAC of `message` for the mock terminal to check.
+fn verify_request(message: &[u8], mac: Vec<u8>) -> pb::VerifyMacRequest {
+    pb::VerifyMacRequest {
+        key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
+            "MOCK0001".into(),
+        )),
+        algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
+        message: message.to_vec(),
+        mac,
+    }
+}
+
 /// The mock terminal's PIN 1234 to the mock ZPK.
 fn translate_request(mock: &MockHsm) -> pb::TranslatePinRequest {
     let pan = "6228480402564890018";
@@ -97,14 +109,7 @@ async fn repeated_mac_failures_trip_the_trigger_for_that_terminal() {
     let mut posp = mock.posp.clone();
     mock.sign_in_terminal().await.unwrap();
     let msg = b"0200 purchase".to_vec();
-    let verify = |mac: Vec<u8>| pb::VerifyMacRequest {
-        key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
-            "MOCK0001".into(),
-        )),
-        algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
-        message: msg.clone(),
-        mac,
-    };
+    let verify = |mac: Vec<u8>| verify_request(&msg, mac);
     for _ in 0..5 {
         assert!(
             !posp
@@ -135,14 +140,6 @@ async fn mac_failures_on_short_and_long_messages_share_the_terminal_count() {
     mock.sign_in_terminal().await.unwrap();
     let short = b"0200 purchase".to_vec();
     let long: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
-    let verify = |message: &[u8], mac: Vec<u8>| pb::VerifyMacRequest {
-        key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
-            "MOCK0001".into(),
-        )),
-        algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
-        message: message.to_vec(),
-        mac,
-    };
     let (good_short, good_long) = (
         mock.terminal.mac(&short).unwrap(),
         mock.terminal.mac(&long).unwrap(),
@@ -155,12 +152,12 @@ async fn mac_failures_on_short_and_long_messages_share_the_terminal_count() {
         (&long, b"00000000".to_vec(), false),
         (&short, b"00000000".to_vec(), false),
     ] {
-        let r = posp.verify_mac(verify(m, mac)).await.unwrap();
+        let r = posp.verify_mac(verify_request(m, mac)).await.unwrap();
         assert_eq!(r.into_inner().valid, want, "{} bytes", m.len());
     }
     // Four failures, two on each path: the bucket is empty for both.
     for (m, mac) in [(&long, good_long), (&short, good_short)] {
-        let s = posp.verify_mac(verify(m, mac)).await.unwrap_err();
+        let s = posp.verify_mac(verify_request(m, mac)).await.unwrap_err();
         assert_eq!(reason(&s), "TERMINAL_THROTTLED", "{} bytes", m.len());
     }
     let throttles = throttle_events(&mock);
