@@ -193,8 +193,8 @@ pub fn core_request(data: &[u8]) {
             }
         }
         1 => {
-            if let Ok(r) = pb::GenerateMacRequest::decode(body) {
-                if let Ok((source, algorithm)) = cv::generate_mac(&r) {
+            if let Ok(mut r) = pb::GenerateMacRequest::decode(body) {
+                if let Ok((source, algorithm)) = cv::generate_mac(&mut r) {
                     let _ = hsm.generate_mac(&MacRequest {
                         source,
                         algorithm,
@@ -205,8 +205,8 @@ pub fn core_request(data: &[u8]) {
             }
         }
         2 => {
-            if let Ok(r) = pb::VerifyMacRequest::decode(body) {
-                if let Ok((source, algorithm)) = cv::verify_mac(&r) {
+            if let Ok(mut r) = pb::VerifyMacRequest::decode(body) {
+                if let Ok((source, algorithm)) = cv::verify_mac(&mut r) {
                     let _ = hsm.verify_mac(
                         &MacRequest {
                             source,

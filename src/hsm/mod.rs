@@ -36,7 +36,7 @@ use crate::store::{
     STATE_RETIRED,
 };
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Key information as stored and as returned by the admin API.
@@ -112,17 +112,20 @@ pub struct Status {
 }
 
 /// A terminal's working keys, resolved once and kept for the hot path.
+/// `repr(C)`: the four handles the hot paths read come first, so in a
+/// [`TerminalEntry`] they share the id's cache line.
 #[derive(Clone)]
+#[repr(C)]
 pub(crate) struct TerminalKeys {
     pub pik: Option<CachedKey>,
-    pub mak: Option<CachedKey>,
-    /// The previous MAK and the time its successor was issued.
-    pub prev_mak: Option<(CachedKey, i64)>,
     /// The terminal's security-trigger buckets (PIN translations, MAC
     /// failures): the guards' own, shared, so a new entry after a sign-in or
     /// an eviction continues the same count.
     pub pin_slot: Arc<guard::Slot>,
+    pub mak: Option<CachedKey>,
     pub mac_slot: Arc<guard::Slot>,
+    /// The previous MAK and the time its successor was issued.
+    pub prev_mak: Option<(CachedKey, i64)>,
 }
 
 /// The security trigger's subject for a terminal key named directly
@@ -640,12 +643,13 @@ impl Hsm {
         terminal_id: &str,
         f: impl FnOnce(&TerminalKeys) -> R,
     ) -> Option<R> {
+        let tid = TidKey::new(terminal_id)?;
         self.terminal_shard(terminal_id)
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .map
-            .get(terminal_id)
-            .map(f)
+            .get(&tid)
+            .map(|e| f(&e.keys))
     }
 
     /// A cache entry for `terminal_id` with its keys and the guards' buckets.
@@ -692,7 +696,7 @@ impl Hsm {
     }
 
     fn terminal_cache_insert(&self, terminal_id: &str, keys: TerminalKeys, seen: Option<u64>) {
-        let Some(key) = TidKey::new(terminal_id) else {
+        let Some(tid) = TidKey::new(terminal_id) else {
             // Not a valid terminal id (they are checked at creation): not cached.
             return;
         };
@@ -711,12 +715,12 @@ impl Hsm {
             None => t.generation += 1,
         }
         // Bounded like the key cache: a terminal's keys are re-read from the store on a miss.
-        if t.map.len() >= per_shard && !t.map.contains_key(terminal_id) {
-            if let Some(victim) = t.map.keys().next().copied() {
+        if t.map.len() >= per_shard && !t.map.contains(&tid) {
+            if let Some(victim) = t.map.iter().next().map(|e| e.tid) {
                 t.map.remove(&victim);
             }
         }
-        t.map.insert(key, keys);
+        t.map.replace(TerminalEntry { tid, keys });
     }
 
     /// Whether the terminal has an entry in the terminal cache (tests).
@@ -759,7 +763,7 @@ impl Hsm {
         for shard in &self.terminals {
             let mut t = shard.write().unwrap_or_else(|p| p.into_inner());
             t.generation += 1;
-            t.map.retain(|_, tk| {
+            t.map.retain(|TerminalEntry { keys: tk, .. }| {
                 !(tk.pik.as_ref().is_some_and(is)
                     || tk.mak.as_ref().is_some_and(is)
                     || tk.prev_mak.as_ref().is_some_and(|(k, _)| is(k)))
@@ -771,46 +775,61 @@ impl Hsm {
 /// One shard of the terminal cache.
 #[derive(Default)]
 pub(crate) struct TerminalShard {
-    map: HashMap<TidKey, TerminalKeys>,
+    map: HashSet<TerminalEntry>,
     /// Bumped by every change that makes keys read from the store before it
     /// stale (see [`Hsm::terminal_cache_fill`]).
     generation: u64,
 }
 
-/// A terminal id held inline as a map key (ids are at most 32 ASCII
-/// characters), so a lookup compares it where the hash table keeps it rather
-/// than behind another pointer. Hashes and compares as the `str` it holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TidKey {
-    len: u8,
-    bytes: [u8; 32],
+/// A terminal's cache entry, laid out for the hot path: the id a lookup
+/// compares and the four handles TranslatePin and VerifyMac read fill one
+/// 64-byte line, and every entry starts on a line. A cold terminal costs that
+/// one line (an `(id, keys)` pair of 88 bytes straddled two or three).
+#[repr(C, align(64))]
+pub(crate) struct TerminalEntry {
+    tid: TidKey,
+    keys: TerminalKeys,
 }
+
+const _: () = assert!(std::mem::offset_of!(TerminalEntry, keys) == 32);
+const _: () = assert!(std::mem::offset_of!(TerminalKeys, prev_mak) == 32);
+
+impl PartialEq for TerminalEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.tid == other.tid
+    }
+}
+
+impl Eq for TerminalEntry {}
+
+impl std::hash::Hash for TerminalEntry {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.tid.hash(h)
+    }
+}
+
+impl std::borrow::Borrow<TidKey> for TerminalEntry {
+    fn borrow(&self) -> &TidKey {
+        &self.tid
+    }
+}
+
+/// A terminal id held inline (ids are 1–32 characters, never NUL, so the
+/// zero padding marks the end): a lookup compares 32 bytes where the entry
+/// is, no pointer to follow and no UTF-8 to check.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TidKey([u8; 32]);
 
 impl TidKey {
+    /// None for ids that cannot be terminal ids (empty, longer than 32 bytes,
+    /// or holding NUL): they are never cached.
     fn new(id: &str) -> Option<TidKey> {
+        if id.is_empty() || id.bytes().any(|b| b == 0) {
+            return None;
+        }
         let mut bytes = [0u8; 32];
         bytes.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
-        Some(TidKey {
-            len: id.len() as u8,
-            bytes,
-        })
-    }
-
-    fn as_str(&self) -> &str {
-        // invariant: built from a &str, cut at its own length (a char boundary)
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
-    }
-}
-
-impl std::hash::Hash for TidKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.as_str().hash(h)
-    }
-}
-
-impl std::borrow::Borrow<str> for TidKey {
-    fn borrow(&self) -> &str {
-        self.as_str()
+        Some(TidKey(bytes))
     }
 }
 
@@ -889,16 +908,22 @@ mod terminal_cache_tests {
     }
 
     #[test]
-    fn an_inline_id_is_found_by_its_str_and_only_by_it() {
+    fn an_inline_id_is_found_by_its_own_bytes_and_only_by_them() {
         let mut m = HashMap::new();
         for id in ["T1", "MOCK0001", "A-32-character-terminal-id_xyz01"] {
             m.insert(TidKey::new(id).unwrap(), id.len());
         }
-        assert_eq!(m.get("MOCK0001"), Some(&8));
-        assert_eq!(m.get("A-32-character-terminal-id_xyz01"), Some(&32));
-        assert_eq!(m.get("T1"), Some(&2));
-        assert_eq!(m.get("T"), None);
-        assert_eq!(m.get("T1\0"), None, "padding is not part of the id");
+        let get = |id: &str| TidKey::new(id).and_then(|k| m.get(&k).copied());
+        assert_eq!(get("MOCK0001"), Some(8));
+        assert_eq!(get("A-32-character-terminal-id_xyz01"), Some(32));
+        assert_eq!(get("T1"), Some(2));
+        assert_eq!(get("T"), None);
+        assert_eq!(get("T10"), None);
+        assert!(
+            TidKey::new("T1\0").is_none(),
+            "NUL is the padding, never part of an id"
+        );
+        assert!(TidKey::new("").is_none());
         assert!(TidKey::new(&"X".repeat(33)).is_none());
     }
 }

@@ -78,17 +78,19 @@ pub fn algorithm_to_pb(a: Algorithm) -> pb::KeyAlgorithm {
 }
 
 pub fn key_ref(r: Option<&pb::KeyRef>, what: &str) -> Result<KeyRef, HsmError> {
-    let missing = || {
-        err(
+    into_key_ref(r.cloned(), what)
+}
+
+/// [`key_ref`] taking the request's field (per-transaction RPCs: nothing copied).
+pub fn into_key_ref(r: Option<pb::KeyRef>, what: &str) -> Result<KeyRef, HsmError> {
+    match r.and_then(|r| r.r#ref) {
+        Some(pb::key_ref::Ref::KeyId(id)) if !id.is_empty() => Ok(KeyRef::Id(id)),
+        Some(pb::key_ref::Ref::Alias(a)) if !a.is_empty() => Ok(KeyRef::Alias(a)),
+        Some(pb::key_ref::Ref::KeyBlock(b)) if !b.is_empty() => Ok(KeyRef::Block(b)),
+        _ => Err(err(
             Reason::InvalidArgument,
             format!("{what} is missing: give a key_id, an alias or a key_block"),
-        )
-    };
-    match r.and_then(|r| r.r#ref.as_ref()) {
-        Some(pb::key_ref::Ref::KeyId(id)) if !id.is_empty() => Ok(KeyRef::Id(id.clone())),
-        Some(pb::key_ref::Ref::Alias(a)) if !a.is_empty() => Ok(KeyRef::Alias(a.clone())),
-        Some(pb::key_ref::Ref::KeyBlock(b)) if !b.is_empty() => Ok(KeyRef::Block(b.clone())),
-        _ => Err(missing()),
+        )),
     }
 }
 
@@ -216,7 +218,7 @@ pub fn translate_pin(r: pb::TranslatePinRequest) -> Result<hsm::TranslatePin, Hs
     let source = match r.source {
         Some(pb::translate_pin_request::Source::TerminalId(t)) => hsm::PinKeySource::Terminal(t),
         Some(pb::translate_pin_request::Source::SourceKey(k)) => {
-            hsm::PinKeySource::Key(key_ref(Some(&k), "source_key")?)
+            hsm::PinKeySource::Key(into_key_ref(Some(k), "source_key")?)
         }
         None => {
             return Err(err(
@@ -228,7 +230,7 @@ pub fn translate_pin(r: pb::TranslatePinRequest) -> Result<hsm::TranslatePin, Hs
     let source_format = pin_format(r.source_format, PinBlockFormat::Iso0)?;
     Ok(hsm::TranslatePin {
         source,
-        dest: key_ref(r.dest_key.as_ref(), "dest_key")?,
+        dest: into_key_ref(r.dest_key, "dest_key")?,
         pin_block: r.pin_block,
         pan: r.pan,
         source_format,
@@ -237,21 +239,22 @@ pub fn translate_pin(r: pb::TranslatePinRequest) -> Result<hsm::TranslatePin, Hs
 }
 
 fn mac_source(
-    terminal: Option<&String>,
-    key: Option<&pb::KeyRef>,
+    terminal: Option<String>,
+    key: Option<pb::KeyRef>,
 ) -> Result<hsm::MacKeySource, HsmError> {
     match (terminal, key) {
-        (Some(t), _) => Ok(hsm::MacKeySource::Terminal(t.clone())),
-        (None, Some(k)) => Ok(hsm::MacKeySource::Key(key_ref(Some(k), "key")?)),
+        (Some(t), _) => Ok(hsm::MacKeySource::Terminal(t)),
+        (None, Some(k)) => Ok(hsm::MacKeySource::Key(into_key_ref(Some(k), "key")?)),
         (None, None) => Err(err(Reason::InvalidArgument, "give terminal_id or key")),
     }
 }
 
-/// Key source and algorithm of a GenerateMac request (the message stays in the request).
+/// Key source and algorithm of a GenerateMac request; the key source is taken
+/// out of the request (the message stays in it).
 pub fn generate_mac(
-    r: &pb::GenerateMacRequest,
+    r: &mut pb::GenerateMacRequest,
 ) -> Result<(hsm::MacKeySource, hsm::MacAlgorithm), HsmError> {
-    let source = match &r.key_source {
+    let source = match r.key_source.take() {
         Some(pb::generate_mac_request::KeySource::TerminalId(t)) => mac_source(Some(t), None)?,
         Some(pb::generate_mac_request::KeySource::Key(k)) => mac_source(None, Some(k))?,
         None => mac_source(None, None)?,
@@ -259,11 +262,12 @@ pub fn generate_mac(
     Ok((source, mac_algorithm(r.algorithm)?))
 }
 
-/// Key source and algorithm of a VerifyMac request.
+/// Key source and algorithm of a VerifyMac request; the key source is taken
+/// out of the request (message and MAC stay in it).
 pub fn verify_mac(
-    r: &pb::VerifyMacRequest,
+    r: &mut pb::VerifyMacRequest,
 ) -> Result<(hsm::MacKeySource, hsm::MacAlgorithm), HsmError> {
-    let source = match &r.key_source {
+    let source = match r.key_source.take() {
         Some(pb::verify_mac_request::KeySource::TerminalId(t)) => mac_source(Some(t), None)?,
         Some(pb::verify_mac_request::KeySource::Key(k)) => mac_source(None, Some(k))?,
         None => mac_source(None, None)?,

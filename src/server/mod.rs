@@ -202,18 +202,38 @@ impl Authz {
         allowed: &[Role],
         what: &str,
     ) -> Result<Caller, Status> {
-        self.peer(req, |identity, role| match role {
-            Some(role) if allowed.contains(&role) => Ok(Caller {
+        self.peer(req, |identity, role| {
+            admit(identity, role, allowed, what).map(|role| Caller {
                 identity: identity.to_string(),
                 role,
-            }),
-            Some(role) => Err(deny(format!(
-                "client {identity:?} has role {role:?}, which may not {what}"
-            ))),
-            None => Err(deny(format!(
-                "client {identity:?} has no role in this module's access config"
-            ))),
+            })
         })?
+    }
+
+    /// [`check`](Self::check) for calls that do not record who called (the
+    /// data plane's per-transaction RPCs): the same verdict, nothing copied.
+    pub fn permit<T>(
+        &self,
+        req: &tonic::Request<T>,
+        allowed: &[Role],
+        what: &str,
+    ) -> Result<(), Status> {
+        self.peer(req, |identity, role| {
+            admit(identity, role, allowed, what).map(|_| ())
+        })?
+    }
+}
+
+/// The caller's role if it is among `allowed`, else PERMISSION_DENIED naming them.
+fn admit(identity: &str, role: Option<Role>, allowed: &[Role], what: &str) -> Result<Role, Status> {
+    match role {
+        Some(role) if allowed.contains(&role) => Ok(role),
+        Some(role) => Err(deny(format!(
+            "client {identity:?} has role {role:?}, which may not {what}"
+        ))),
+        None => Err(deny(format!(
+            "client {identity:?} has no role in this module's access config"
+        ))),
     }
 }
 

@@ -48,8 +48,8 @@ impl CryptoService {
     }
 }
 
-fn verify_one(hsm: &Hsm, r: pb::VerifyMacRequest) -> Result<bool, HsmError> {
-    let (source, algorithm) = cv::verify_mac(&r)?;
+fn verify_one(hsm: &Hsm, mut r: pb::VerifyMacRequest) -> Result<bool, HsmError> {
+    let (source, algorithm) = cv::verify_mac(&mut r)?;
     hsm.verify_mac(
         &hsm::MacRequest {
             source,
@@ -103,7 +103,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         &self,
         req: Request<pb::TranslatePinRequest>,
     ) -> Result<Response<pb::TranslatePinResponse>, Status> {
-        self.authz.check(&req, DATA_PLANE, "translate PINs")?;
+        self.authz.permit(&req, DATA_PLANE, "translate PINs")?;
         let t = cv::translate_pin(req.into_inner()).map_err(status)?;
         let out = self.hsm.translate_pin(&t).map_err(status)?;
         Ok(Response::new(pb::TranslatePinResponse {
@@ -116,9 +116,9 @@ impl pb::crypto_server::Crypto for CryptoService {
         &self,
         req: Request<pb::GenerateMacRequest>,
     ) -> Result<Response<pb::GenerateMacResponse>, Status> {
-        self.authz.check(&req, DATA_PLANE, "generate MACs")?;
-        let r = req.into_inner();
-        let (source, algorithm) = cv::generate_mac(&r).map_err(status)?;
+        self.authz.permit(&req, DATA_PLANE, "generate MACs")?;
+        let mut r = req.into_inner();
+        let (source, algorithm) = cv::generate_mac(&mut r).map_err(status)?;
         let mreq = hsm::MacRequest {
             source,
             algorithm,
@@ -133,7 +133,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         &self,
         req: Request<pb::VerifyMacRequest>,
     ) -> Result<Response<pb::VerifyMacResponse>, Status> {
-        self.authz.check(&req, DATA_PLANE, "verify MACs")?;
+        self.authz.permit(&req, DATA_PLANE, "verify MACs")?;
         let valid = verify_one(&self.hsm, req.into_inner()).map_err(status)?;
         Ok(Response::new(pb::VerifyMacResponse { valid }))
     }
@@ -142,7 +142,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         &self,
         req: Request<pb::TranslatePinBatchRequest>,
     ) -> Result<Response<pb::TranslatePinBatchResponse>, Status> {
-        self.authz.check(&req, DATA_PLANE, "translate PINs")?;
+        self.authz.permit(&req, DATA_PLANE, "translate PINs")?;
         let items = req.into_inner().items;
         if items.len() > MAX_BATCH {
             return Err(status(hsm::err(
@@ -192,7 +192,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         &self,
         req: Request<pb::TranslateDataRequest>,
     ) -> Result<Response<pb::TranslateDataResponse>, Status> {
-        self.authz.check(&req, DATA_PLANE, "translate data")?;
+        self.authz.permit(&req, DATA_PLANE, "translate data")?;
         let r = req.into_inner();
         let source = cv::translate_data_source(r.source.as_ref()).map_err(status)?;
         let sm = cv::data_mode(r.source_cipher.as_ref()).map_err(status)?;
@@ -257,7 +257,7 @@ impl pb::crypto_server::Crypto for CryptoService {
         &self,
         req: Request<pb::VerifyMacBatchRequest>,
     ) -> Result<Response<pb::VerifyMacBatchResponse>, Status> {
-        self.authz.check(&req, DATA_PLANE, "verify MACs")?;
+        self.authz.permit(&req, DATA_PLANE, "verify MACs")?;
         let items = req.into_inner().items;
         if items.len() > MAX_BATCH {
             return Err(status(hsm::err(
