@@ -84,22 +84,51 @@ struct Fixture {
     pin_block: Vec<u8>,
     message: Vec<u8>,
     mac: Vec<u8>,
+    /// The card's PAN (each terminal's own, so a mix-up of terminals or PAN
+    /// bindings shows as a wrong answer).
+    pan: String,
 }
 
 struct Fixtures {
     zpk_alias: String,
     zak_alias: String,
-    pan: String,
     terminals: Vec<Fixture>,
     /// The unary requests per terminal, protobuf-encoded once (see
     /// [`RawCodec`]), each RPC's side by side in one buffer in terminal order.
     translate_pin: Vec<Bytes>,
     verify_mac: Vec<Bytes>,
-    /// The one answer every TranslatePin must get, byte for byte: the PIN
-    /// block under the ZPK (ISO 0 is deterministic, and every terminal's PIN
-    /// pad enciphers the same PIN and PAN) and the ZPK's check value, both
-    /// computed here from the ZPK's components.
-    translate_pin_answer: &'static [u8],
+    /// The answer each terminal's TranslatePin must get, byte for byte: the
+    /// PIN block under the ZPK (ISO 0 is deterministic) for that terminal's
+    /// PAN, and the ZPK's check value, both computed here from the ZPK's
+    /// components.
+    translate_pin_answers: Vec<&'static [u8]>,
+}
+
+/// The i-th fixture card's PAN: 19 digits, UnionPay-like, Luhn-valid.
+fn bench_pan(i: usize) -> String {
+    let body = format!("622202{:012}", i % 1_000_000_000_000);
+    let check = luhn_check_digit(&body);
+    format!("{body}{check}")
+}
+
+/// The Luhn (ISO/IEC 7812-1 annex B) check digit for a string of digits:
+/// from the right, every second digit starting with the last is doubled.
+fn luhn_check_digit(body: &str) -> u32 {
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(k, b)| {
+            let d = u32::from(b.wrapping_sub(b'0') % 10);
+            if k % 2 == 0 {
+                let x = 2 * d;
+                x / 10 + x % 10
+            } else {
+                d
+            }
+        })
+        .sum();
+    (10 - sum % 10) % 10
 }
 
 /// The PIN every fixture terminal's customer types.
@@ -256,7 +285,6 @@ async fn make_fixtures(
         "bench: creating {n} terminals{}",
         if sign_in { " and signing them in" } else { "" }
     );
-    let pan = "6222020200112233445".to_string();
     let tmk_cipher =
         Arc::new(Cipher::new(Algorithm::Tdes2, &tmk_clear).map_err(|e| e.to_string())?);
     let message: Vec<u8> = (0..args.message_size).map(|i| (i % 251) as u8).collect();
@@ -280,7 +308,7 @@ async fn make_fixtures(
         let tmk_id = tmk.key_id.clone();
         let tid = format!("B{suffix}{i:06}");
         let tmk_cipher = tmk_cipher.clone();
-        let pan = pan.clone();
+        let pan = bench_pan(i);
         let message = message.clone();
         tasks.push(tokio::spawn(async move {
             let _p = permit;
@@ -300,6 +328,7 @@ async fn make_fixtures(
                     pin_block: vec![],
                     message,
                     mac: vec![],
+                    pan,
                 });
             }
             let r = posp
@@ -321,6 +350,7 @@ async fn make_fixtures(
                 pin_block,
                 message,
                 mac,
+                pan,
             })
         }));
     }
@@ -329,31 +359,33 @@ async fn make_fixtures(
         terminals.push(t.await.map_err(|e| e.to_string())??);
     }
     bar.finish_and_clear();
-    let answer = pb::TranslatePinResponse {
-        pin_block: pinblock::encipher(
-            PinBlockFormat::Iso0,
-            &zpk_cipher,
-            &Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?,
-            Some(&Pan::parse(&pan).map_err(|e| e.to_string())?),
-        )
-        .map_err(|e| e.to_string())?
-        .to_vec(),
-        dest_kcv: crate::crypto::kcv::kcv_hex(&zpk_cipher, 3),
-    };
-    if answer.dest_kcv != zpk.kcv {
+    let dest_kcv = crate::crypto::kcv::kcv_hex(&zpk_cipher, 3);
+    if dest_kcv != zpk.kcv {
         return Err(format!(
-            "the daemon formed a ZPK with check value {}, the generator {}",
-            zpk.kcv, answer.dest_kcv
+            "the daemon formed a ZPK with check value {}, the generator {dest_kcv}",
+            zpk.kcv
         ));
     }
+    let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
+    let answers = terminals
+        .iter()
+        .map(|t| {
+            let pan = Pan::parse(&t.pan).map_err(|e| e.to_string())?;
+            let block = pinblock::encipher(PinBlockFormat::Iso0, &zpk_cipher, &pin, Some(&pan))
+                .map_err(|e| e.to_string())?;
+            Ok(pb::TranslatePinResponse {
+                pin_block: block.to_vec(),
+                dest_kcv: dest_kcv.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut fx = Fixtures {
         zpk_alias: format!("bench-zpk-{suffix}"),
         zak_alias: format!("bench-zak-{suffix}"),
-        pan,
         terminals,
         translate_pin: Vec::new(),
         verify_mac: Vec::new(),
-        translate_pin_answer: leak(answer.encode_to_vec()),
+        translate_pin_answers: encoded_side_by_side(answers.into_iter()),
     };
     fx.translate_pin = side_by_side(fx.terminals.iter().map(|t| translate_req(&fx, t)));
     fx.verify_mac = side_by_side(fx.terminals.iter().map(verify_req));
@@ -371,17 +403,25 @@ fn leak(v: Vec<u8>) -> &'static [u8] {
 /// per-request buffers would be warm, so the generator's side of a call does
 /// not grow with the number of terminals.
 fn side_by_side<M: Message>(reqs: impl Iterator<Item = M>) -> Vec<Bytes> {
+    encoded_side_by_side(reqs)
+        .into_iter()
+        .map(Bytes::from_static)
+        .collect()
+}
+
+/// The messages encoded into one buffer kept for the process's life, in order.
+fn encoded_side_by_side<M: Message>(msgs: impl Iterator<Item = M>) -> Vec<&'static [u8]> {
     let mut buf = Vec::new();
     let mut ends = Vec::new();
-    for r in reqs {
-        r.encode(&mut buf).unwrap_or_default();
+    for m in msgs {
+        m.encode(&mut buf).unwrap_or_default();
         ends.push(buf.len());
     }
-    let all = Bytes::from_static(leak(buf));
+    let all = leak(buf);
     let mut start = 0;
     ends.into_iter()
         .map(|end| {
-            let b = all.slice(start..end);
+            let b = all.get(start..end).unwrap_or_default();
             start = end;
             b
         })
@@ -493,7 +533,7 @@ fn translate_req(fx: &Fixtures, t: &Fixture) -> pb::TranslatePinRequest {
         )),
         dest_key: alias(&fx.zpk_alias),
         pin_block: t.pin_block.clone(),
-        pan: fx.pan.clone(),
+        pan: t.pan.clone(),
         source_format: 0,
         dest_format: 0,
     }
@@ -539,7 +579,7 @@ async fn call(
                 raw,
                 "/poshsm.v1.Crypto/TranslatePin",
                 fx.translate_pin[i % n].clone(),
-                fx.translate_pin_answer,
+                fx.translate_pin_answers[i % n],
                 "not the PIN block (or ZPK check value) the generator computed",
             )
             .await?;
@@ -587,13 +627,15 @@ async fn call(
                 .translate_pin_batch(pb::TranslatePinBatchRequest { items })
                 .await?
                 .into_inner();
-            // Each item's answer is the one translation every terminal owes.
+            // Each item's answer is the translation its terminal owes (the
+            // results come in the items' order).
             let ok = r
                 .results
                 .iter()
-                .filter(|x| match &x.result {
+                .enumerate()
+                .filter(|(k, x)| match &x.result {
                     Some(pb::translate_pin_result::Result::Ok(a)) => {
-                        a.encode_to_vec() == fx.translate_pin_answer
+                        a.encode_to_vec() == fx.translate_pin_answers[(i * batch + k) % n]
                     }
                     _ => false,
                 })
@@ -835,11 +877,21 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         source_format: PinBlockFormat::Iso0,
         dest_format: PinBlockFormat::Iso0,
     };
-    let reqs: Arc<Vec<TranslatePin>> = Arc::new(if rpc == BenchRpc::InprocessTerminalPin {
-        inprocess_terminals(&hsm, args.terminals.max(1), &req)?
-    } else {
-        vec![req]
-    });
+    // Each request with the PIN block it must come back as (per terminal: its own PAN).
+    let reqs: Arc<Vec<(TranslatePin, Vec<u8>)>> =
+        Arc::new(if rpc == BenchRpc::InprocessTerminalPin {
+            inprocess_terminals(&hsm, args.terminals.max(1), &req)?
+                .into_iter()
+                .map(|r| {
+                    let pan = Pan::parse(&r.pan).map_err(|e| e.to_string())?;
+                    let want = pinblock::encipher(PinBlockFormat::Iso0, &zpk, &pin, Some(&pan))
+                        .map_err(|e| e.to_string())?;
+                    Ok((r, want.to_vec()))
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        } else {
+            vec![(req, expect.to_vec())]
+        });
     let threads = args.concurrency.clamp(1, 64);
     let measure = Duration::from_secs(args.duration);
     let warm = Instant::now() + Duration::from_secs(args.warmup);
@@ -847,7 +899,6 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         .map(|t| {
             let hsm = hsm.clone();
             let reqs = reqs.clone();
-            let expect = expect.to_vec();
             std::thread::spawn(move || {
                 // Each thread walks all requests from its own offset.
                 let mut i = t * reqs.len() / threads;
@@ -857,7 +908,7 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
                 };
                 let mut out = Outcome::default();
                 while Instant::now() < warm {
-                    if let Err(e) = hsm.translate_pin(next()) {
+                    if let Err(e) = hsm.translate_pin(&next().0) {
                         out.errors += 1;
                         out.first_error.get_or_insert(e.message);
                     }
@@ -868,8 +919,9 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
                 while start.elapsed() < measure {
                     let t0 = Instant::now();
                     for _ in 0..64 {
-                        match hsm.translate_pin(next()) {
-                            Ok(a) if a.pin_block == expect => n += 1,
+                        let (req, want) = next();
+                        match hsm.translate_pin(req) {
+                            Ok(a) if a.pin_block == *want => n += 1,
                             Ok(_) => {
                                 out.errors += 1;
                                 out.first_error.get_or_insert_with(|| {
@@ -939,9 +991,11 @@ fn inprocess_terminals(
                 &out.field62,
                 crate::server::convert::layout_to_pb(out.layout) as i32,
             )?;
+            let pan = bench_pan(i);
             Ok(crate::hsm::TranslatePin {
                 source: PinKeySource::Terminal(tid),
-                pin_block: pad.pin_block(BENCH_PIN, &like.pan)?,
+                pin_block: pad.pin_block(BENCH_PIN, &pan)?,
+                pan,
                 ..like.clone()
             })
         })
@@ -1140,4 +1194,23 @@ pub fn populate(
         "{terminals} terminals created and signed in under prefix {prefix} in {:.1} s",
         start.elapsed().as_secs_f64()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bench_pan, luhn_check_digit};
+
+    #[test]
+    fn fixture_pans_are_luhn_valid_and_distinct() {
+        // The worked example of the Luhn algorithm (ISO/IEC 7812-1 annex B;
+        // also Wikipedia's "79927398713"): the check digit of 7992739871 is 3.
+        assert_eq!(luhn_check_digit("7992739871"), 3);
+        // A published test card number: 4111 1111 1111 1111 (Visa).
+        assert_eq!(luhn_check_digit("411111111111111"), 1);
+        let a = bench_pan(0);
+        let b = bench_pan(1);
+        assert_eq!(a.len(), 19);
+        assert_ne!(a, b);
+        assert!(crate::crypto::pinblock::Pan::parse(&a).is_ok());
+    }
 }
