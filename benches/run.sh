@@ -23,7 +23,7 @@ bench() { "$BIN" bench --addr "$ADDR" --data-dir "$DATA" --json "$@" 2>>"$OUT/be
 for r in $(seq "$RUNS"); do
   echo "run $r/$RUNS: unary and batch RPCs on the same channels" >&2
   bench --rpc health,translate-pin,verify-mac,generate-mac,translate-pin-batch,verify-mac-batch --interleave 20 \
-        --connections 4 --concurrency 64 --duration 10 --warmup 2 --terminals 20000 | sed "s/^/main $r /" >>"$OUT/results.txt"
+        --connections 4 --concurrency 64 --duration 10 --warmup 2 --terminals 20000 --cpu-pid "$DAEMON" | sed "s/^/main $r /" >>"$OUT/results.txt"
   echo "run $r/$RUNS: open loop 10,000/s" >&2
   bench --rpc translate-pin --rate 10000 --connections 4 --concurrency 256 --duration 10 --warmup 1 --terminals 2000 | sed "s/^/open $r /" >>"$OUT/results.txt"
   echo "run $r/$RUNS: durable sign-in" >&2

@@ -55,3 +55,12 @@ for (g, _), r in sorted(runs.items()):
     if g == "open" and "translate-pin" in r:
         x = r["translate-pin"]
         print(f"- open loop {x['rps']:.0f}/s: p99 {x['p99_us']} µs from schedule, p99 {x.get('p99_service_us')} µs from send")
+cpu = [(k, recs) for k, recs in sorted(rows.items()) if any("daemon_cpu_us" in r for r in recs)]
+if cpu:
+    print()
+    print("CPU per unit of work (µs, user + system, over the measured slices; median over runs, then per run):")
+    for (group, rpc), recs in cpu:
+        d = [r["daemon_cpu_us"] for r in recs if "daemon_cpu_us" in r]
+        g = [r["generator_cpu_us"] for r in recs if "generator_cpu_us" in r]
+        print(f"- {group} {rpc}: daemon {statistics.median(d):.2f} ({', '.join(f'{x:.2f}' for x in d)}), "
+              f"generator {statistics.median(g):.2f} ({', '.join(f'{x:.2f}' for x in g)})")

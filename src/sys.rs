@@ -289,6 +289,13 @@ fn protect(ptr: *mut u8, len: usize) -> bool {
     }
 }
 
+/// Clock ticks per second of the times in `/proc/<pid>/stat` (USER_HZ).
+pub fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf takes no pointers.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).ok().filter(|n| *n > 0)
+}
+
 /// Switches core dumps off for this process (RLIMIT_CORE = 0 and, on Linux,
 /// PR_SET_DUMPABLE = 0). Called by the daemon's `main` only, never by the library.
 pub fn disable_core_dumps() -> std::io::Result<()> {

@@ -473,6 +473,8 @@ fn the_load_generator_runs_clean_against_the_daemon_and_in_process() {
             "--warmup",
             "0",
             "--json",
+            "--cpu-pid",
+            &d.child.id().to_string(),
         ])
         .env("POSHSM_LOG", "warn")
         .output()
@@ -503,5 +505,15 @@ fn the_load_generator_runs_clean_against_the_daemon_and_in_process() {
     for r in &rows {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["ok"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+    // --cpu-pid: both sides' CPU per call for the network RPCs (read in
+    // 10 ms ticks, so a short run may read zero), none for the in-process ones.
+    for r in &rows[..3] {
+        let d = r["daemon_cpu_us"].as_f64().unwrap_or(-1.0);
+        let g = r["generator_cpu_us"].as_f64().unwrap_or(-1.0);
+        assert!(d >= 0.0 && g >= 0.0, "no CPU per call: {r}");
+    }
+    for r in &rows[3..] {
+        assert!(r.get("daemon_cpu_us").is_none(), "{r}");
     }
 }

@@ -75,6 +75,12 @@ pub struct BenchArgs {
     /// load on a shared machine hits every RPC alike (fair ratios).
     #[arg(long, default_value_t = 1)]
     pub interleave: u32,
+    /// Also report CPU time per unit of work (µs) of the daemon with this
+    /// process id and of the generator itself, measured around each slice
+    /// (Linux `/proc`; network RPCs). Rates on a shared machine move with its
+    /// load; CPU per call is the cost each side pays.
+    #[arg(long)]
+    pub cpu_pid: Option<u32>,
 }
 
 /// One terminal's fixture: what its PIN pad would send.
@@ -180,6 +186,30 @@ pub struct Summary {
     pub p50_service_us: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_service_us: Option<u32>,
+    /// With `--cpu-pid`: CPU time (user + system) per unit of work, in µs,
+    /// of the daemon and of the generator, over the measured slices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_cpu_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_us: Option<f64>,
+}
+
+/// CPU time (user + system) a process has used, in seconds, from
+/// `/proc/<pid>/stat`. None where there is no such file.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_cpu_ticks(&stat)? as f64 / crate::sys::clock_ticks_per_second()? as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock
+/// ticks. The command name (field 2, in parentheses) may hold spaces and
+/// parentheses: fields are counted after its last ')'.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 pub(crate) fn pct(sorted: &[u32], p: f64) -> u32 {
@@ -627,6 +657,12 @@ async fn call(
                 .translate_pin_batch(pb::TranslatePinBatchRequest { items })
                 .await?
                 .into_inner();
+            if r.results.len() != batch {
+                return Err(tonic::Status::internal(format!(
+                    "{} results for {batch} items",
+                    r.results.len()
+                )));
+            }
             // Each item's answer is the translation its terminal owes (the
             // results come in the items' order).
             let ok = r
@@ -656,6 +692,12 @@ async fn call(
                 .verify_mac_batch(pb::VerifyMacBatchRequest { items })
                 .await?
                 .into_inner();
+            if r.results.len() != batch {
+                return Err(tonic::Status::internal(format!(
+                    "{} results for {batch} items",
+                    r.results.len()
+                )));
+            }
             let ok = r
                 .results
                 .iter()
@@ -832,6 +874,8 @@ fn summarize(rpc: BenchRpc, mut o: Outcome, secs: f64) -> Summary {
         p999_us: pct(&o.lat_us, 0.999),
         p50_service_us: svc.then(|| pct(&o.svc_us, 0.50)),
         p99_service_us: svc.then(|| pct(&o.svc_us, 0.99)),
+        daemon_cpu_us: None,
+        generator_cpu_us: None,
     }
 }
 
@@ -862,7 +906,8 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         .map_err(|e| e.to_string())?
         .key_id;
     let pik = Cipher::new(Algorithm::Tdes2, &clear).map_err(|e| e.to_string())?;
-    let pan = Pan::parse("6222020200112233445").map_err(|e| e.to_string())?;
+    let pan_digits = bench_pan(0);
+    let pan = Pan::parse(&pan_digits).map_err(|e| e.to_string())?;
     let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
     let block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan))
         .map_err(|e| e.to_string())?;
@@ -873,7 +918,7 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         source: PinKeySource::Key(KeyRef::Id(tpk_id)),
         dest: KeyRef::Id(zpk_id.clone()),
         pin_block: block,
-        pan: "6222020200112233445".into(),
+        pan: pan_digits,
         source_format: PinBlockFormat::Iso0,
         dest_format: PinBlockFormat::Iso0,
     };
@@ -1013,6 +1058,14 @@ fn print_table(rows: &[Summary]) {
             r.rpc, r.rps, r.ok, r.errors, r.p50_us, r.p90_us, r.p99_us, r.p999_us
         );
     }
+    for r in rows {
+        if let (Some(d), Some(g)) = (r.daemon_cpu_us, r.generator_cpu_us) {
+            println!(
+                "{:<24} CPU per unit: daemon {d:.2} µs, generator {g:.2} µs",
+                r.rpc
+            );
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), String> {
@@ -1023,6 +1076,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .copied()
         .filter(|r| !r.in_process())
         .collect();
+    if args.cpu_pid.is_some() && network.is_empty() {
+        return Err("--cpu-pid measures a daemon: give at least one network RPC".into());
+    }
     if !network.is_empty() {
         let admin_ch = connect(&ClientConfig::from_data_dir(
             &args.addr,
@@ -1084,19 +1140,50 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         }
         let mut totals: Vec<(Outcome, f64)> =
             network.iter().map(|_| (Outcome::default(), 0.0)).collect();
+        // CPU seconds (daemon, generator) per RPC, when asked for.
+        let daemon = args.cpu_pid.map(|p| p.to_string());
+        let cpu_now = || {
+            let d = daemon.as_deref().and_then(cpu_seconds)?;
+            Some((d, cpu_seconds("self")?))
+        };
+        let unreadable = || {
+            format!(
+                "--cpu-pid: cannot read /proc/{}/stat (or /proc/self/stat)",
+                daemon.as_deref().unwrap_or_default()
+            )
+        };
+        if daemon.is_some() && cpu_now().is_none() {
+            return Err(unreadable());
+        }
+        let mut cpu: Vec<(f64, f64)> = vec![(0.0, 0.0); network.len()];
         for _ in 0..slices {
             for (i, rpc) in network.iter().enumerate() {
+                let c0 = cpu_now();
                 let t0 = Instant::now();
                 let o = drive(*rpc, &args, fx.clone(), &channels, slice).await;
                 totals[i].1 += t0.elapsed().as_secs_f64().max(slice.as_secs_f64());
+                if daemon.is_some() {
+                    // A daemon gone (or its id reused) mid-run: no figure rather than a low one.
+                    let (Some(a), Some(b)) = (c0, cpu_now()) else {
+                        return Err(unreadable());
+                    };
+                    cpu[i].0 += b.0 - a.0;
+                    cpu[i].1 += b.1 - a.1;
+                }
                 totals[i].0.merge(o);
             }
         }
-        for (rpc, (o, secs)) in network.iter().zip(totals) {
+        for ((rpc, (o, secs)), (dc, gc)) in network.iter().zip(totals).zip(cpu) {
             if let Some(e) = &o.first_error {
                 eprintln!("bench: {}: first error: {e}", name(*rpc));
             }
-            rows.push(summarize(*rpc, o, secs));
+            let units = o.units.max(1) as f64;
+            let mut row = summarize(*rpc, o, secs);
+            if daemon.is_some() {
+                row.daemon_cpu_us = Some(dc * 1e6 / units);
+                row.generator_cpu_us = Some(gc * 1e6 / units);
+            }
+            rows.push(row);
         }
     }
     for rpc in args.rpc.iter().copied().filter(|r| r.in_process()) {
@@ -1207,10 +1294,25 @@ mod tests {
         assert_eq!(luhn_check_digit("7992739871"), 3);
         // A published test card number: 4111 1111 1111 1111 (Visa).
         assert_eq!(luhn_check_digit("411111111111111"), 1);
-        let a = bench_pan(0);
-        let b = bench_pan(1);
-        assert_eq!(a.len(), 19);
-        assert_ne!(a, b);
-        assert!(crate::crypto::pinblock::Pan::parse(&a).is_ok());
+        // Checked with an independent Luhn routine (Python, this session).
+        assert_eq!(bench_pan(0), "6222020000000000000");
+        assert_eq!(bench_pan(1), "6222020000000000018");
+        assert_eq!(bench_pan(19_999), "6222020000000199992");
+        assert!(crate::crypto::pinblock::Pan::parse(&bench_pan(1)).is_ok());
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        // /proc/<pid>/stat of a thread named "a) b (c": fields 14/15 (utime,
+        // stime) are 11th and 12th after the name's last ')'.
+        let line = "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
+                    250 75 0 0 20 0 3 0 1000 1000000 200";
+        assert_eq!(super::stat_cpu_ticks(line), Some(325));
+        assert_eq!(super::stat_cpu_ticks("1234 (x) S 1 2"), None);
+        assert_eq!(super::stat_cpu_ticks("garbage"), None);
+        // This process's own line parses, and a second reading is not lower.
+        let a = super::cpu_seconds("self").expect("own /proc/self/stat");
+        let b = super::cpu_seconds("self").expect("own /proc/self/stat");
+        assert!(b >= a);
     }
 }
