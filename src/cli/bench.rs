@@ -137,6 +137,27 @@ fn luhn_check_digit(body: &str) -> u32 {
     (10 - sum % 10) % 10
 }
 
+/// The ISO 0 PIN block of [`BENCH_PIN`] for `pan` under `key`: what a
+/// fixture's PIN pad sends, or what the network must receive.
+fn bench_pin_block(key: &Cipher, pan: &str) -> Result<Vec<u8>, String> {
+    let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
+    let pan = Pan::parse(pan).map_err(|e| e.to_string())?;
+    let block = pinblock::encipher(PinBlockFormat::Iso0, key, &pin, Some(&pan))
+        .map_err(|e| e.to_string())?;
+    Ok(block.to_vec())
+}
+
+/// A batch answer must carry one result per item.
+fn one_result_per_item(results: usize, batch: usize) -> Result<(), tonic::Status> {
+    if results == batch {
+        Ok(())
+    } else {
+        Err(tonic::Status::internal(format!(
+            "{results} results for {batch} items"
+        )))
+    }
+}
+
 /// The PIN every fixture terminal's customer types.
 const BENCH_PIN: &str = "123456";
 
@@ -396,15 +417,11 @@ async fn make_fixtures(
             zpk.kcv
         ));
     }
-    let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
     let answers = terminals
         .iter()
         .map(|t| {
-            let pan = Pan::parse(&t.pan).map_err(|e| e.to_string())?;
-            let block = pinblock::encipher(PinBlockFormat::Iso0, &zpk_cipher, &pin, Some(&pan))
-                .map_err(|e| e.to_string())?;
             Ok(pb::TranslatePinResponse {
-                pin_block: block.to_vec(),
+                pin_block: bench_pin_block(&zpk_cipher, &t.pan)?,
                 dest_kcv: dest_kcv.clone(),
             })
         })
@@ -657,12 +674,7 @@ async fn call(
                 .translate_pin_batch(pb::TranslatePinBatchRequest { items })
                 .await?
                 .into_inner();
-            if r.results.len() != batch {
-                return Err(tonic::Status::internal(format!(
-                    "{} results for {batch} items",
-                    r.results.len()
-                )));
-            }
+            one_result_per_item(r.results.len(), batch)?;
             // Each item's answer is the translation its terminal owes (the
             // results come in the items' order).
             let ok = r
@@ -692,12 +704,7 @@ async fn call(
                 .verify_mac_batch(pb::VerifyMacBatchRequest { items })
                 .await?
                 .into_inner();
-            if r.results.len() != batch {
-                return Err(tonic::Status::internal(format!(
-                    "{} results for {batch} items",
-                    r.results.len()
-                )));
-            }
+            one_result_per_item(r.results.len(), batch)?;
             let ok = r
                 .results
                 .iter()
@@ -907,13 +914,9 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
         .key_id;
     let pik = Cipher::new(Algorithm::Tdes2, &clear).map_err(|e| e.to_string())?;
     let pan_digits = bench_pan(0);
-    let pan = Pan::parse(&pan_digits).map_err(|e| e.to_string())?;
-    let pin = Pin::parse(BENCH_PIN).map_err(|e| e.to_string())?;
-    let block = pinblock::encipher(PinBlockFormat::Iso0, &pik, &pin, Some(&pan))
-        .map_err(|e| e.to_string())?;
+    let block = bench_pin_block(&pik, &pan_digits)?;
     let zpk = Cipher::new(Algorithm::Tdes2, &zpk_clear).map_err(|e| e.to_string())?;
-    let expect = pinblock::encipher(PinBlockFormat::Iso0, &zpk, &pin, Some(&pan))
-        .map_err(|e| e.to_string())?;
+    let expect = bench_pin_block(&zpk, &pan_digits)?;
     let req = TranslatePin {
         source: PinKeySource::Key(KeyRef::Id(tpk_id)),
         dest: KeyRef::Id(zpk_id.clone()),
@@ -928,14 +931,12 @@ fn inprocess(args: &BenchArgs, rpc: BenchRpc) -> Result<Summary, String> {
             inprocess_terminals(&hsm, args.terminals.max(1), &req)?
                 .into_iter()
                 .map(|r| {
-                    let pan = Pan::parse(&r.pan).map_err(|e| e.to_string())?;
-                    let want = pinblock::encipher(PinBlockFormat::Iso0, &zpk, &pin, Some(&pan))
-                        .map_err(|e| e.to_string())?;
-                    Ok((r, want.to_vec()))
+                    let want = bench_pin_block(&zpk, &r.pan)?;
+                    Ok((r, want))
                 })
                 .collect::<Result<Vec<_>, String>>()?
         } else {
-            vec![(req, expect.to_vec())]
+            vec![(req, expect)]
         });
     let threads = args.concurrency.clamp(1, 64);
     let measure = Duration::from_secs(args.duration);
