@@ -80,6 +80,10 @@ async fn pin_translations_beyond_the_burst_are_throttled_and_audited_once() {
         let s = posp.translate_pin(req.clone()).await.unwrap_err();
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(reason(&s), "TERMINAL_THROTTLED");
+        assert!(
+            !mock.hsm.has_deferred_audit(),
+            "the refusal left after the server wrote its audit record"
+        );
     }
     let throttles = throttle_events(&mock);
     assert_eq!(
@@ -126,6 +130,10 @@ async fn repeated_mac_failures_trip_the_trigger_for_that_terminal() {
         .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     assert_eq!(reason(&s), "TERMINAL_THROTTLED");
+    assert!(
+        !mock.hsm.has_deferred_audit(),
+        "the refusal left after the server wrote its audit record"
+    );
     let throttles = throttle_events(&mock);
     assert_eq!(throttles, 1);
     mock.stop().await;
@@ -262,7 +270,27 @@ fn the_trigger_survives_a_new_sign_in_and_eviction_from_the_cache() {
     for _ in 0..3 {
         assert_eq!(translate(&ids[0]), Reason::InvalidPinBlock);
     }
+    // The refusal is answered without touching the store (the caller may be
+    // an I/O thread serving other connections); its record waits for the
+    // caller's `write_deferred_audit`, or for the next audit write or read.
+    let commits = hsm.store_commit_groups();
+    assert!(!hsm.has_deferred_audit());
     assert_eq!(translate(&ids[0]), Reason::TerminalThrottled);
+    assert_eq!(
+        hsm.store_commit_groups(),
+        commits,
+        "no commit while refusing"
+    );
+    assert!(hsm.has_deferred_audit(), "the episode's record is queued");
+    let throttled = |h: &Hsm| {
+        h.audit_log(0, 1000)
+            .unwrap()
+            .iter()
+            .filter(|e| e.outcome == "TERMINAL_THROTTLED")
+            .count()
+    };
+    assert_eq!(throttled(&hsm), 1, "reading the log writes it first");
+    assert!(!hsm.has_deferred_audit());
     sign_in(&ids[0]);
     assert_eq!(
         translate(&ids[0]),

@@ -177,6 +177,11 @@ pub struct Hsm {
     aliases: RwLock<AliasCache>,
     pub(crate) pin_guard: guard::Guard,
     pub(crate) mac_guard: guard::Guard,
+    /// Audit drafts of security-trigger refusals, not yet written: the refusal
+    /// is answered on the caller's thread, which must not wait for the store
+    /// (an I/O thread serves many connections). See [`Hsm::write_deferred_audit`].
+    deferred_audit: Mutex<Vec<AuditDraft>>,
+    deferred_pending: std::sync::atomic::AtomicBool,
 }
 
 /// alias → key id. `epoch` counts binding changes (see [`Hsm::forget_key`]).
@@ -250,6 +255,8 @@ impl Hsm {
             aliases: RwLock::new(AliasCache::default()),
             pin_guard: guard::Guard::new(config.pin_guard),
             mac_guard: guard::Guard::new(config.mac_failure_guard),
+            deferred_audit: Mutex::new(Vec::new()),
+            deferred_pending: std::sync::atomic::AtomicBool::new(false),
             terminals: (0..16)
                 .map(|_| RwLock::new(TerminalShard::default()))
                 .collect(),
@@ -341,6 +348,7 @@ impl Hsm {
 
     /// Flushes the store: called before answering any call that wrote.
     pub fn flush(&self) -> Result<(), HsmError> {
+        self.write_deferred_audit()?;
         self.store.flush().map_err(|e| {
             self.raise_alarm(format!("store flush failed: {e}"));
             HsmError::from(e)
@@ -389,11 +397,48 @@ impl Hsm {
 
     /// Appends audit events on their own (failures, denials).
     pub fn audit(&self, drafts: Vec<AuditDraft>) -> Result<(), HsmError> {
+        let mut all = self.take_deferred_audit();
+        all.extend(drafts);
+        if all.is_empty() {
+            return Ok(());
+        }
         self.commit(Batch {
-            audit: drafts,
+            audit: all,
             ..Default::default()
         })?;
         self.flush()
+    }
+
+    /// True while security-trigger refusals wait for their audit records.
+    /// One atomic load: callers check it after a `TERMINAL_THROTTLED`.
+    pub fn has_deferred_audit(&self) -> bool {
+        self.deferred_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Writes and flushes the audit records of the security-trigger refusals
+    /// answered so far. It blocks on the store: the gRPC and payShield ports
+    /// call it from the blocking pool before they send the refusal, so a
+    /// refusal still leaves only after its record is on disk. Any other audit
+    /// write, `flush`, and every audit read write them too.
+    pub fn write_deferred_audit(&self) -> Result<(), HsmError> {
+        if !self.has_deferred_audit() {
+            return Ok(());
+        }
+        self.audit(Vec::new())
+    }
+
+    fn take_deferred_audit(&self) -> Vec<AuditDraft> {
+        if !self.has_deferred_audit() {
+            return Vec::new();
+        }
+        let mut q = self
+            .deferred_audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.deferred_pending
+            .store(false, std::sync::atomic::Ordering::Release);
+        std::mem::take(&mut *q)
     }
 
     /// Audit events from `since` on, at most `limit`.
@@ -402,11 +447,13 @@ impl Hsm {
         since: u64,
         limit: usize,
     ) -> Result<Vec<crate::store::audit::AuditRecord>, HsmError> {
+        self.write_deferred_audit()?;
         Ok(self.store.audit_since(since, limit)?)
     }
 
     /// Re-verifies the whole audit chain; a break raises the alarm.
     pub fn verify_audit_log(&self) -> Result<u64, HsmError> {
+        self.write_deferred_audit()?;
         self.store.verify_audit_chain().map_err(|e| {
             self.raise_alarm(format!("audit chain: {e}"));
             HsmError::from(e)
@@ -422,13 +469,19 @@ impl Hsm {
         };
         if first {
             tracing::warn!(subject, op, "security trigger: terminal throttled");
-            let _ = self.audit(vec![AuditDraft {
+            let mut q = self
+                .deferred_audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            q.push(AuditDraft {
                 actor: "guard".into(),
                 operation: op.into(),
                 key_id: String::new(),
                 outcome: "TERMINAL_THROTTLED".into(),
                 detail: format!("subject={}", subject.get(..48).unwrap_or(subject)),
-            }]);
+            });
+            self.deferred_pending
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         err(
             Reason::TerminalThrottled,

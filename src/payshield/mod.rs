@@ -303,6 +303,12 @@ impl Shared {
                 payload,
                 out,
             );
+            // A security-trigger refusal leaves after its audit record is on
+            // disk, written off the reactor.
+            if self.hsm.has_deferred_audit() {
+                let hsm = self.hsm.clone();
+                let _ = tokio::task::spawn_blocking(move || hsm.write_deferred_audit()).await;
+            }
         }
     }
 }

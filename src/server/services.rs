@@ -46,6 +46,17 @@ impl CryptoService {
             sign_in_slots: Arc::new(tokio::sync::Semaphore::new((cores * 32).min(256))),
         }
     }
+
+    /// A security-trigger refusal (or a trip) leaves only after its audit
+    /// record is on disk, as it did when the core wrote it inline; the write
+    /// runs on the blocking pool, never on the connection's I/O thread. A
+    /// failed write has raised the alarm; the answer stays the same.
+    async fn trigger_audited(&self) {
+        if self.hsm.has_deferred_audit() {
+            let hsm = self.hsm.clone();
+            let _ = blocking(move || hsm.write_deferred_audit()).await;
+        }
+    }
 }
 
 fn verify_one(hsm: &Hsm, mut r: pb::VerifyMacRequest) -> Result<bool, HsmError> {
@@ -105,7 +116,9 @@ impl pb::crypto_server::Crypto for CryptoService {
     ) -> Result<Response<pb::TranslatePinResponse>, Status> {
         self.authz.permit(&req, DATA_PLANE, "translate PINs")?;
         let t = cv::translate_pin(req.into_inner()).map_err(status)?;
-        let out = self.hsm.translate_pin(&t).map_err(status)?;
+        let out = self.hsm.translate_pin(&t);
+        self.trigger_audited().await;
+        let out = out.map_err(status)?;
         Ok(Response::new(pb::TranslatePinResponse {
             pin_block: out.pin_block,
             dest_kcv: out.dest_kcv,
@@ -134,8 +147,11 @@ impl pb::crypto_server::Crypto for CryptoService {
         req: Request<pb::VerifyMacRequest>,
     ) -> Result<Response<pb::VerifyMacResponse>, Status> {
         self.authz.permit(&req, DATA_PLANE, "verify MACs")?;
-        let valid = verify_one(&self.hsm, req.into_inner()).map_err(status)?;
-        Ok(Response::new(pb::VerifyMacResponse { valid }))
+        let valid = verify_one(&self.hsm, req.into_inner());
+        self.trigger_audited().await;
+        Ok(Response::new(pb::VerifyMacResponse {
+            valid: valid.map_err(status)?,
+        }))
     }
 
     async fn translate_pin_batch(
@@ -168,6 +184,7 @@ impl pb::crypto_server::Crypto for CryptoService {
                 }
             })
             .collect();
+        self.trigger_audited().await;
         Ok(Response::new(pb::TranslatePinBatchResponse { results }))
     }
 
@@ -277,6 +294,7 @@ impl pb::crypto_server::Crypto for CryptoService {
                 }),
             })
             .collect();
+        self.trigger_audited().await;
         Ok(Response::new(pb::VerifyMacBatchResponse { results }))
     }
 }
