@@ -95,8 +95,16 @@ impl MockHsm {
             let stop = async move {
                 let _ = rx.await;
             };
-            if let Err(e) =
-                server::serve(listener, served, tls, AccessConfig::default(), None, stop).await
+            if let Err(e) = server::serve(
+                listener,
+                served,
+                tls,
+                AccessConfig::default(),
+                None,
+                0,
+                stop,
+            )
+            .await
             {
                 tracing::error!(error = %e, "mock server stopped");
             }

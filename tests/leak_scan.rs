@@ -360,6 +360,9 @@ async fn no_clear_key_or_pin_leaves_the_module_during_a_business_day() {
         tls,
         AccessConfig::default(),
         Some(metrics.clone()),
+        // The binary's way: connections on their own I/O threads, whose log
+        // lines the process-wide subscriber captures as well.
+        2,
         async move {
             let _ = stop_rx.await;
         },

@@ -44,6 +44,11 @@ pub enum Command {
         /// [payshield] tls = true: keep it on loopback; see docs/payshield.md).
         #[arg(long)]
         payshield_listen: Option<String>,
+        /// Threads that serve gRPC connections, each with its own runtime; a new
+        /// connection goes to the one with the fewest open. Default: one per CPU.
+        /// 0 serves them on the shared work-stealing runtime instead.
+        #[arg(long, value_name = "N")]
+        io_threads: Option<usize>,
     },
     /// LMK ceremony.
     Lmk {
@@ -100,6 +105,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             dev,
             metrics_listen,
             payshield_listen,
+            io_threads,
         } => {
             serve::serve(serve::ServeOptions {
                 data_dir,
@@ -108,6 +114,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 dev,
                 metrics_listen,
                 payshield_listen,
+                io_threads,
             })
             .await
         }

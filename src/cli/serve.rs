@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub metrics_listen: Option<String>,
     /// The payShield port's address (switches it on; overrides `[payshield] listen`).
     pub payshield_listen: Option<String>,
+    /// gRPC I/O threads (`None`: one per CPU; 0: the shared runtime).
+    pub io_threads: Option<usize>,
 }
 
 pub const SEALED_FILE: &str = "lmk.sealed";
@@ -283,12 +285,20 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         });
     }
+    let io_threads = opts
+        .io_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tracing::info!(
+        io_threads,
+        "gRPC connections served on I/O threads (0: shared runtime)"
+    );
     server::serve(
         listener,
         hsm,
         tls,
         config.access.unwrap_or_default(),
         metrics,
+        io_threads,
         shutdown_signal(),
     )
     .await

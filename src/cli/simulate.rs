@@ -621,7 +621,7 @@ impl Daemon {
                 let _ = rx.await;
             };
             if let Err(e) =
-                server::serve(listener, hsm, tls, AccessConfig::default(), None, stop).await
+                server::serve(listener, hsm, tls, AccessConfig::default(), None, 0, stop).await
             {
                 tracing::error!(error = %e, "in-process daemon stopped");
             }

@@ -100,6 +100,8 @@ const N_BUCKETS: usize = BUCKETS.len() + 1;
 
 const REQUESTS: &str = "poshsm_requests_total";
 const DURATION: &str = "poshsm_request_duration_seconds";
+const IO_OPEN: &str = "poshsm_io_thread_connections";
+const IO_ACCEPTED: &str = "poshsm_io_thread_accepted_total";
 
 /// One latency histogram. Buckets are stored non-cumulatively (one increment
 /// per observation) and summed at render time; `_count` is derived from the
@@ -141,6 +143,8 @@ pub struct Metrics {
     requests: [[AtomicU64; N_CODES]; N_RPCS],
     durations: [Histogram; N_RPCS],
     gauges: Mutex<Vec<Gauge>>,
+    /// The gRPC port's I/O threads, when it runs on them.
+    io: std::sync::OnceLock<Arc<super::io::IoStats>>,
 }
 
 impl Default for Metrics {
@@ -162,6 +166,7 @@ impl Metrics {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             durations: std::array::from_fn(|_| Histogram::new()),
             gauges: Mutex::new(Vec::new()),
+            io: std::sync::OnceLock::new(),
         }
     }
 
@@ -201,6 +206,11 @@ impl Metrics {
             }
             None => gauges.push(Gauge { name, help, value }),
         }
+    }
+
+    /// Reports the I/O threads' connection counts at every scrape (first call wins).
+    pub fn attach_io(&self, stats: Arc<super::io::IoStats>) {
+        let _ = self.io.set(stats);
     }
 
     /// The Prometheus text exposition (format 0.0.4). Counters are emitted
@@ -259,6 +269,24 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {} {}", g.name, escape_help(g.help));
             let _ = writeln!(out, "# TYPE {} gauge", g.name);
             let _ = writeln!(out, "{} {}", g.name, format_value(g.value));
+        }
+        if let Some(io) = self.io.get() {
+            let _ = writeln!(
+                out,
+                "# HELP {IO_OPEN} Open gRPC connections on each I/O thread."
+            );
+            let _ = writeln!(out, "# TYPE {IO_OPEN} gauge");
+            for (t, n) in io.open().iter().enumerate() {
+                let _ = writeln!(out, "{IO_OPEN}{{thread=\"{t}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP {IO_ACCEPTED} gRPC connections handed to each I/O thread."
+            );
+            let _ = writeln!(out, "# TYPE {IO_ACCEPTED} counter");
+            for (t, n) in io.accepted().iter().enumerate() {
+                let _ = writeln!(out, "{IO_ACCEPTED}{{thread=\"{t}\"}} {n}");
+            }
         }
         out
     }

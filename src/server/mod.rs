@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod io;
 pub mod metrics;
 mod services;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
+use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -287,12 +289,18 @@ pub fn install_crypto_provider() {
 
 /// Serves the gRPC API on `listener` until `shutdown` resolves; in-flight calls
 /// finish, then the store is flushed. Both the binary and `MockHsm` call this.
+///
+/// `io_threads` 0 serves every connection on the calling runtime (work
+/// stealing across its workers; `MockHsm` does this). N > 0 starts N I/O
+/// threads, each with its own single-threaded runtime, and hands each new
+/// connection to the one with the fewest open connections ([`io`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     hsm: Arc<Hsm>,
     tls: TlsMaterial,
     access: AccessConfig,
     metrics: Option<Arc<metrics::Metrics>>,
+    io_threads: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     install_crypto_provider();
@@ -374,20 +382,101 @@ pub async fn serve(
         hsm.clone(),
         authz,
     ));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .tls_config(tls_config)?
-        .max_concurrent_streams(1024)
-        .initial_connection_window_size(4 * 1024 * 1024)
-        .initial_stream_window_size(1024 * 1024)
-        .layer(metrics::MetricsLayer(metrics.unwrap_or_default()))
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(crypto)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .prepare();
+    let metrics = metrics.unwrap_or_default();
+    if io_threads == 0 {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        server_over(tls_config, metrics, routes, incoming, shutdown).await?;
+    } else {
+        let stats = Arc::new(io::IoStats::new(io_threads));
+        metrics.attach_io(stats.clone());
+        let serve_one: io::ServeOne = Arc::new(move |conns, mut stop| {
+            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns)
+                .map(io::Accepted::register);
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Box::pin(server_over(
+                tls_config.clone(),
+                metrics.clone(),
+                routes.clone(),
+                incoming,
+                stopped,
+            ))
+        });
+        let threads = io::IoThreads::start(stats, serve_one)?;
+        let accepted = accept_loop(&listener, &threads, shutdown).await;
+        drop(listener);
+        let drained = threads.shutdown().await;
+        accepted?;
+        drained?;
+    }
     hsm.flush()
         .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
     Ok(())
+}
+
+/// One tonic server (TLS, HTTP/2 settings, metrics, every service) over
+/// `incoming` until `shutdown`.
+async fn server_over<I, IO, IE>(
+    tls_config: ServerTlsConfig,
+    metrics: Arc<metrics::Metrics>,
+    routes: tonic::service::Routes,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tonic::transport::Server::builder()
+        .tls_config(tls_config)
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .max_concurrent_streams(1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .initial_stream_window_size(1024 * 1024)
+        .layer(metrics::MetricsLayer(metrics))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| format!("gRPC server: {e}"))
+}
+
+/// Accepts until `shutdown`, handing each connection to an I/O thread.
+async fn accept_loop(
+    listener: &tokio::net::TcpListener,
+    threads: &io::IoThreads,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                threads.dispatch(stream)?;
+            }
+            Err(e) if io::exhausted(&e) => {
+                tracing::warn!(error = %e, "gRPC accept: out of resources; pausing 50 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "gRPC accept failed"),
+        }
+    }
 }
