@@ -296,6 +296,97 @@ pub fn clock_ticks_per_second() -> Option<u64> {
     u64::try_from(n).ok().filter(|n| *n > 0)
 }
 
+/// A one-shot CLOCK_MONOTONIC timer file descriptor, for timers finer than
+/// tokio's 1 ms wheel: the load generator's open-loop pacer waits on it
+/// through the runtime's reactor (no pacing thread, no extra wake-ups).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct TimerFd(std::os::fd::OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl TimerFd {
+    pub fn new() -> std::io::Result<TimerFd> {
+        // SAFETY: timerfd_create takes no pointers.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+        Ok(TimerFd(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    /// Fires once, `after` from now (at least 1 ns: a zero value would disarm).
+    pub fn arm(&self, after: std::time::Duration) -> std::io::Result<()> {
+        let after = after.max(std::time::Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+        let r = unsafe {
+            libc::timerfd_settime(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                0,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Registered for readability with the current runtime's reactor (call
+    /// inside a runtime).
+    pub fn register(self) -> std::io::Result<tokio::io::unix::AsyncFd<TimerFd>> {
+        // SAFETY: the descriptor is an `OwnedFd` inside `self`, which the
+        // `AsyncFd` owns from here on: it stays open and `as_raw_fd` returns
+        // the same descriptor for the `AsyncFd`'s whole life.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)
+    }
+
+    /// Consumes an expiry; `WouldBlock` if the timer has not fired.
+    pub fn consume(&self) -> std::io::Result<u64> {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+        let n = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n != 8 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(u64::from_ne_bytes(buf))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl std::os::fd::AsRawFd for TimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Switches core dumps off for this process (RLIMIT_CORE = 0 and, on Linux,
 /// PR_SET_DUMPABLE = 0). Called by the daemon's `main` only, never by the library.
 pub fn disable_core_dumps() -> std::io::Result<()> {

@@ -731,10 +731,34 @@ async fn call(
     }
 }
 
-/// Open loop: a pacer thread releases request slots at `rate` per second with
-/// sub-millisecond precision (tokio's timer has 1 ms granularity, which would
-/// bunch requests); a dispatcher runs each slot, at most `concurrency` at once.
-/// Latency counts from the slot's scheduled time (no coordinated omission).
+/// Sleeps until an instant with microsecond precision: a timerfd on the
+/// runtime's own reactor (tokio's timer wheel has 1 ms granularity, which
+/// would bunch requests; a pacing thread costs a cross-thread wake-up per slot).
+struct Pacer(tokio::io::unix::AsyncFd<crate::sys::TimerFd>);
+
+impl Pacer {
+    fn new() -> std::io::Result<Pacer> {
+        Ok(Pacer(crate::sys::TimerFd::new()?.register()?))
+    }
+
+    async fn until(&self, due: Instant) -> std::io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                return Ok(());
+            }
+            self.0.get_ref().arm(due - now)?;
+            let mut ready = self.0.readable().await?;
+            if let Ok(r) = ready.try_io(|fd| fd.get_ref().consume()) {
+                r?;
+            }
+        }
+    }
+}
+
+/// Open loop: the pacer releases request slot `i` at `start + i / rate`; each
+/// runs as its own task, at most `concurrency` at once. Latency counts from
+/// the slot's scheduled time (no coordinated omission).
 async fn drive_open(
     rpc: BenchRpc,
     args: &BenchArgs,
@@ -743,32 +767,31 @@ async fn drive_open(
     measure: Duration,
     rate: u64,
 ) -> Outcome {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let pacer = match Pacer::new() {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome {
+                errors: 1,
+                first_error: Some(format!("open-loop pacer: {e}")),
+                ..Default::default()
+            }
+        }
+    };
     let start = Instant::now() + Duration::from_millis(5);
     let total = (rate as f64 * measure.as_secs_f64()) as usize;
-    std::thread::spawn(move || {
-        let mut idx = 0usize;
-        while idx < total {
-            let now = Instant::now();
-            // Release every slot that is due.
-            while idx < total {
-                let due = start + Duration::from_secs_f64(idx as f64 / rate as f64);
-                if due > now {
-                    break;
-                }
-                if tx.send((idx, due)).is_err() {
-                    return;
-                }
-                idx += 1;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    });
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let out = Arc::new(std::sync::Mutex::new(Outcome::default()));
     let batch = args.batch_size.max(1);
     let mut handles = Vec::with_capacity(total.min(1 << 20));
-    while let Some((idx, due)) = rx.recv().await {
+    for idx in 0..total {
+        let due = start + Duration::from_secs_f64(idx as f64 / rate as f64);
+        if let Err(e) = pacer.until(due).await {
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            o.errors += 1;
+            o.first_error
+                .get_or_insert_with(|| format!("open-loop pacer: {e}"));
+            break;
+        }
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
@@ -1286,7 +1309,27 @@ pub fn populate(
 
 #[cfg(test)]
 mod tests {
-    use super::{bench_pan, luhn_check_digit};
+    use super::{bench_pan, luhn_check_digit, Pacer};
+    use std::time::{Duration, Instant};
+
+    /// The open-loop pacer never releases a slot early, finer than tokio's
+    /// 1 ms timer, on a current-thread runtime as `bench --rate` uses.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pacer_never_releases_a_slot_before_its_time() {
+        let pacer = Pacer::new().unwrap();
+        let start = Instant::now() + Duration::from_millis(1);
+        for i in 0..200u32 {
+            let due = start + Duration::from_micros(150) * i;
+            pacer.until(due).await.unwrap();
+            assert!(Instant::now() >= due, "slot {i} released early");
+        }
+        // A slot already due is released at once, without arming the timer.
+        let past = Instant::now() - Duration::from_millis(5);
+        tokio::time::timeout(Duration::from_secs(5), pacer.until(past))
+            .await
+            .expect("a due slot does not wait")
+            .unwrap();
+    }
 
     #[test]
     fn fixture_pans_are_luhn_valid_and_distinct() {

@@ -23,6 +23,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The open-loop load generator runs on one thread (a current-thread
+    /// runtime): its pacer, requests, HTTP/2 and TLS tasks then hand work to
+    /// each other without a cross-thread wake-up, which would otherwise add to
+    /// the latency it measures. Everything else gets the multi-thread runtime.
+    pub fn wants_current_thread(&self) -> bool {
+        matches!(&self.command, Command::Bench(a) if a.rate.is_some_and(|r| r > 0))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon.
