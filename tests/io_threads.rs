@@ -2,13 +2,15 @@
 //! default): connections spread to the least loaded thread, mutual TLS
 //! identities still reach the authorization check, calls that commit to the
 //! store work from a thread's own runtime, closed connections are counted
-//! back, and shutdown stops every thread and returns.
+//! back, and shutdown stops every thread and returns. Long inputs leave the
+//! connection's thread and large batches yield to it, with the same answers.
 
-use poshsm::hsm::{Hsm, HsmConfig};
+use poshsm::hsm::{guard::Limit, Hsm, HsmConfig};
 use poshsm::keys::Lmk;
 use poshsm::proto::{self as pb, key_admin_client::KeyAdminClient};
 use poshsm::server::{metrics::Metrics, AccessConfig, TlsMaterial};
 use poshsm::store::Store;
+use poshsm::testing::MockHsm;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -154,4 +156,100 @@ async fn connections_spread_over_io_threads_and_shutdown_stops_them() {
     let refused = tokio::net::TcpStream::connect(&addr).await;
     assert!(refused.is_err(), "the port is closed after shutdown");
     drop(idle);
+}
+
+/// Messages over 64 KiB (allowed by the config) are MACed on the blocking pool, batches yield every
+/// 256 items: the answers are the terminal's and the network's, item by item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_messages_and_large_batches_answer_as_short_ones_do() {
+    let open = Limit {
+        per_sec: 1e6,
+        burst: 1e6,
+    };
+    let mut mock = MockHsm::start_with(HsmConfig {
+        pin_guard: open,
+        mac_failure_guard: open,
+        // Above the 64 KiB default, so a long message takes the blocking pool.
+        max_mac_message: 1 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    mock.sign_in_terminal().await.unwrap();
+    let mut posp = mock.posp.clone();
+    let terminal = || {
+        Some(pb::generate_mac_request::KeySource::TerminalId(
+            "MOCK0001".into(),
+        ))
+    };
+    for len in [1_000usize, 100_000] {
+        let message: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mac = posp
+            .generate_mac(pb::GenerateMacRequest {
+                key_source: terminal(),
+                algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
+                message: message.clone(),
+                mac_length: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mac;
+        assert_eq!(mac, mock.terminal.mac(&message).unwrap(), "{len} bytes");
+        for (m, valid) in [(mac.clone(), true), (vec![0u8; mac.len()], false)] {
+            let got = posp
+                .verify_mac(pb::VerifyMacRequest {
+                    key_source: Some(pb::verify_mac_request::KeySource::TerminalId(
+                        "MOCK0001".into(),
+                    )),
+                    algorithm: pb::MacAlgorithm::UnionpayEcb as i32,
+                    message: message.clone(),
+                    mac: m,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .valid;
+            assert_eq!(got, valid, "{len} bytes");
+        }
+    }
+
+    // 600 PINs in one batch (three slices), each its own PIN and PAN.
+    let pans: Vec<String> = (0..600).map(|i| format!("62284804{i:010}1")).collect();
+    let pins: Vec<String> = (0..600)
+        .map(|i| format!("{:04}", (i * 37) % 10_000))
+        .collect();
+    let items = pans
+        .iter()
+        .zip(&pins)
+        .map(|(pan, pin)| pb::TranslatePinRequest {
+            source: Some(pb::translate_pin_request::Source::TerminalId(
+                "MOCK0001".into(),
+            )),
+            dest_key: Some(pb::KeyRef {
+                r#ref: Some(pb::key_ref::Ref::Alias("mock-zpk".into())),
+            }),
+            pin_block: mock.terminal.pin_block(pin, pan).unwrap(),
+            pan: pan.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let results = posp
+        .translate_pin_batch(pb::TranslatePinBatchRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 600);
+    for ((r, pan), pin) in results.iter().zip(&pans).zip(&pins) {
+        let Some(pb::translate_pin_result::Result::Ok(out)) = &r.result else {
+            panic!("item for {pan} failed: {r:?}");
+        };
+        assert_eq!(
+            &mock.network.pin(&out.pin_block, pan).unwrap(),
+            pin,
+            "{pan}"
+        );
+    }
+    mock.stop().await;
 }

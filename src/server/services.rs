@@ -16,6 +16,12 @@ const CONTROL: &[Role] = &[Role::Admin];
 const READ_ONLY: &[Role] = &[Role::Admin, Role::Auditor];
 /// Largest batch accepted by the batch RPCs.
 pub const MAX_BATCH: usize = 10_000;
+/// Messages longer than this (possible only when `max_mac_message` is raised
+/// above its 64 KiB default) are MACed on the blocking pool: an I/O thread
+/// serves other connections and must not stall for long.
+const LONG_INPUT: usize = 64 * 1024;
+/// A batch lets the I/O thread's other tasks run after this many items.
+const BATCH_SLICE: usize = 256;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HsmError> + Send + 'static,
@@ -132,13 +138,21 @@ impl pb::crypto_server::Crypto for CryptoService {
         self.authz.permit(&req, DATA_PLANE, "generate MACs")?;
         let mut r = req.into_inner();
         let (source, algorithm) = cv::generate_mac(&mut r).map_err(status)?;
-        let mreq = hsm::MacRequest {
-            source,
-            algorithm,
-            message: &r.message,
-            mac_length: r.mac_length as usize,
+        let long = r.message.len() > LONG_INPUT;
+        let run = move |hsm: &Hsm| {
+            hsm.generate_mac(&hsm::MacRequest {
+                source,
+                algorithm,
+                message: &r.message,
+                mac_length: r.mac_length as usize,
+            })
         };
-        let mac = self.hsm.generate_mac(&mreq).map_err(status)?;
+        let mac = if long {
+            let hsm = self.hsm.clone();
+            blocking(move || run(&hsm)).await?
+        } else {
+            run(&self.hsm).map_err(status)?
+        };
         Ok(Response::new(pb::GenerateMacResponse { mac }))
     }
 
@@ -147,7 +161,16 @@ impl pb::crypto_server::Crypto for CryptoService {
         req: Request<pb::VerifyMacRequest>,
     ) -> Result<Response<pb::VerifyMacResponse>, Status> {
         self.authz.permit(&req, DATA_PLANE, "verify MACs")?;
-        let valid = verify_one(&self.hsm, req.into_inner());
+        let r = req.into_inner();
+        let valid = if r.message.len() > LONG_INPUT {
+            let hsm = self.hsm.clone();
+            match tokio::task::spawn_blocking(move || verify_one(&hsm, r)).await {
+                Ok(v) => v,
+                Err(_) => return Err(Status::internal("operation task failed")),
+            }
+        } else {
+            verify_one(&self.hsm, r)
+        };
         self.trigger_audited().await;
         Ok(Response::new(pb::VerifyMacResponse {
             valid: valid.map_err(status)?,
@@ -169,21 +192,22 @@ impl pb::crypto_server::Crypto for CryptoService {
                 ),
             )));
         }
-        let results = items
-            .into_iter()
-            .map(|item| {
-                let r = cv::translate_pin(item).and_then(|t| self.hsm.translate_pin(&t));
-                pb::TranslatePinResult {
-                    result: Some(match r {
-                        Ok(o) => pb::translate_pin_result::Result::Ok(pb::TranslatePinResponse {
-                            pin_block: o.pin_block,
-                            dest_kcv: o.dest_kcv,
-                        }),
-                        Err(e) => pb::translate_pin_result::Result::Error(batch_error(e)),
+        let mut results = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 && i % BATCH_SLICE == 0 {
+                tokio::task::yield_now().await;
+            }
+            let r = cv::translate_pin(item).and_then(|t| self.hsm.translate_pin(&t));
+            results.push(pb::TranslatePinResult {
+                result: Some(match r {
+                    Ok(o) => pb::translate_pin_result::Result::Ok(pb::TranslatePinResponse {
+                        pin_block: o.pin_block,
+                        dest_kcv: o.dest_kcv,
                     }),
-                }
-            })
-            .collect();
+                    Err(e) => pb::translate_pin_result::Result::Error(batch_error(e)),
+                }),
+            });
+        }
         self.trigger_audited().await;
         Ok(Response::new(pb::TranslatePinBatchResponse { results }))
     }
@@ -285,15 +309,22 @@ impl pb::crypto_server::Crypto for CryptoService {
                 ),
             )));
         }
-        let results = items
-            .into_iter()
-            .map(|item| pb::VerifyMacResult {
+        let mut results = Vec::with_capacity(items.len());
+        let mut bytes = 0usize;
+        for (i, item) in items.into_iter().enumerate() {
+            // Yield every BATCH_SLICE items, or sooner when the messages are long.
+            bytes += item.message.len();
+            if i > 0 && (i % BATCH_SLICE == 0 || bytes > LONG_INPUT) {
+                bytes = 0;
+                tokio::task::yield_now().await;
+            }
+            results.push(pb::VerifyMacResult {
                 result: Some(match verify_one(&self.hsm, item) {
                     Ok(valid) => pb::verify_mac_result::Result::Ok(pb::VerifyMacResponse { valid }),
                     Err(e) => pb::verify_mac_result::Result::Error(batch_error(e)),
                 }),
-            })
-            .collect();
+            });
+        }
         self.trigger_audited().await;
         Ok(Response::new(pb::VerifyMacBatchResponse { results }))
     }
