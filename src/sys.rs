@@ -1,5 +1,6 @@
 //! The only module with `unsafe`: page-locked, non-dumpable memory for the LMK
-//! and the cache of unwrapped keys, and switching core dumps off. Everything
+//! and the cache of unwrapped keys, switching core dumps off, and the load
+//! generator's timerfd. Everything
 //! here degrades gracefully: where the OS refuses (low RLIMIT_MEMLOCK, no
 //! madvise), memory stays usable and [`lock_failures`] counts the refusals.
 #![allow(unsafe_code)]

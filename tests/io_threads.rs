@@ -2,8 +2,9 @@
 //! default): connections spread to the least loaded thread, mutual TLS
 //! identities still reach the authorization check, calls that commit to the
 //! store work from a thread's own runtime, closed connections are counted
-//! back, and shutdown stops every thread and returns. Long inputs leave the
-//! connection's thread and large batches yield to it, with the same answers.
+//! back, and shutdown stops every thread and returns. The services' long-input
+//! and batch-slicing paths (through `MockHsm`, which serves on the test's own
+//! runtime) give the same answers as the short ones.
 
 use poshsm::hsm::{guard::Limit, Hsm, HsmConfig};
 use poshsm::keys::Lmk;

@@ -180,8 +180,20 @@ pub struct Hsm {
     /// Audit drafts of security-trigger refusals, not yet written: the refusal
     /// is answered on the caller's thread, which must not wait for the store
     /// (an I/O thread serves many connections). See [`Hsm::write_deferred_audit`].
-    deferred_audit: Mutex<Vec<AuditDraft>>,
-    deferred_pending: std::sync::atomic::AtomicBool,
+    deferred_audit: Mutex<DeferredAudit>,
+    /// Sequence number of the last queued draft (mirrors `DeferredAudit::queued`).
+    audit_queued: std::sync::atomic::AtomicU64,
+    /// Drafts up to this sequence number are committed and flushed.
+    audit_durable: std::sync::atomic::AtomicU64,
+    /// One writer of deferred drafts at a time: a caller that waits here waits
+    /// for the other writer's fsync, which may cover its own draft.
+    audit_writer: Mutex<()>,
+}
+
+#[derive(Default)]
+struct DeferredAudit {
+    drafts: Vec<AuditDraft>,
+    queued: u64,
 }
 
 /// alias → key id. `epoch` counts binding changes (see [`Hsm::forget_key`]).
@@ -255,8 +267,10 @@ impl Hsm {
             aliases: RwLock::new(AliasCache::default()),
             pin_guard: guard::Guard::new(config.pin_guard),
             mac_guard: guard::Guard::new(config.mac_failure_guard),
-            deferred_audit: Mutex::new(Vec::new()),
-            deferred_pending: std::sync::atomic::AtomicBool::new(false),
+            deferred_audit: Mutex::new(DeferredAudit::default()),
+            audit_queued: std::sync::atomic::AtomicU64::new(0),
+            audit_durable: std::sync::atomic::AtomicU64::new(0),
+            audit_writer: Mutex::new(()),
             terminals: (0..16)
                 .map(|_| RwLock::new(TerminalShard::default()))
                 .collect(),
@@ -348,7 +362,6 @@ impl Hsm {
 
     /// Flushes the store: called before answering any call that wrote.
     pub fn flush(&self) -> Result<(), HsmError> {
-        self.write_deferred_audit()?;
         self.store.flush().map_err(|e| {
             self.raise_alarm(format!("store flush failed: {e}"));
             HsmError::from(e)
@@ -397,48 +410,61 @@ impl Hsm {
 
     /// Appends audit events on their own (failures, denials).
     pub fn audit(&self, drafts: Vec<AuditDraft>) -> Result<(), HsmError> {
-        let mut all = self.take_deferred_audit();
-        all.extend(drafts);
-        if all.is_empty() {
-            return Ok(());
-        }
         self.commit(Batch {
-            audit: all,
+            audit: drafts,
             ..Default::default()
         })?;
         self.flush()
     }
 
-    /// True while security-trigger refusals wait for their audit records.
-    /// One atomic load: callers check it after a `TERMINAL_THROTTLED`.
+    /// True while a security-trigger refusal's audit record is not yet on
+    /// disk. Two atomic loads: the ports check it after every guarded call.
     pub fn has_deferred_audit(&self) -> bool {
-        self.deferred_pending
-            .load(std::sync::atomic::Ordering::Acquire)
+        use std::sync::atomic::Ordering::Acquire;
+        self.audit_durable.load(Acquire) < self.audit_queued.load(Acquire)
     }
 
-    /// Writes and flushes the audit records of the security-trigger refusals
-    /// answered so far. It blocks on the store: the gRPC and payShield ports
-    /// call it from the blocking pool before they send the refusal, so a
-    /// refusal still leaves only after its record is on disk. Any other audit
-    /// write, `flush`, and every audit read write them too.
+    /// Commits and flushes the audit records of every security-trigger refusal
+    /// queued so far; returns once they are on disk (written by this call or
+    /// by another writer's fsync). It blocks on the store: the gRPC and
+    /// payShield ports call it from the blocking pool before a refusal leaves.
+    /// Audit reads and the server's shutdown call it too. Drafts whose commit
+    /// fails go back to the queue.
     pub fn write_deferred_audit(&self) -> Result<(), HsmError> {
-        if !self.has_deferred_audit() {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let want = self.audit_queued.load(Acquire);
+        if self.audit_durable.load(Acquire) >= want {
             return Ok(());
         }
-        self.audit(Vec::new())
-    }
-
-    fn take_deferred_audit(&self) -> Vec<AuditDraft> {
-        if !self.has_deferred_audit() {
-            return Vec::new();
+        let _writer = self.audit_writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.audit_durable.load(Acquire) >= want {
+            return Ok(());
         }
-        let mut q = self
-            .deferred_audit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        self.deferred_pending
-            .store(false, std::sync::atomic::Ordering::Release);
-        std::mem::take(&mut *q)
+        let (drafts, upto) = {
+            let mut q = self
+                .deferred_audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut q.drafts), q.queued)
+        };
+        if !drafts.is_empty() {
+            let batch = Batch {
+                audit: drafts.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = self.commit(batch) {
+                let mut q = self
+                    .deferred_audit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let newer = std::mem::replace(&mut q.drafts, drafts);
+                q.drafts.extend(newer);
+                return Err(e);
+            }
+        }
+        self.flush()?;
+        self.audit_durable.fetch_max(upto, Release);
+        Ok(())
     }
 
     /// Audit events from `since` on, at most `limit`.
@@ -473,15 +499,16 @@ impl Hsm {
                 .deferred_audit
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            q.push(AuditDraft {
+            q.drafts.push(AuditDraft {
                 actor: "guard".into(),
                 operation: op.into(),
                 key_id: String::new(),
                 outcome: "TERMINAL_THROTTLED".into(),
                 detail: format!("subject={}", subject.get(..48).unwrap_or(subject)),
             });
-            self.deferred_pending
-                .store(true, std::sync::atomic::Ordering::Release);
+            q.queued += 1;
+            self.audit_queued
+                .store(q.queued, std::sync::atomic::Ordering::Release);
         }
         err(
             Reason::TerminalThrottled,
@@ -978,5 +1005,54 @@ mod terminal_cache_tests {
         );
         assert!(TidKey::new("").is_none());
         assert!(TidKey::new(&"X".repeat(33)).is_none());
+    }
+}
+
+#[cfg(test)]
+mod deferred_audit_tests {
+    use super::{Hsm, HsmConfig};
+    use crate::keys::Lmk;
+    use crate::store::Store;
+    use std::sync::Arc;
+
+    /// Refusals on many threads at once, each followed by the port's write:
+    /// when a thread's write returns, its own record is in the store, even
+    /// if another thread's writer took its draft.
+    #[test]
+    fn each_refusals_record_is_stored_when_its_write_returns() {
+        let hsm = Arc::new(Hsm::new(
+            Lmk::generate(),
+            Store::temporary().unwrap(),
+            HsmConfig::default(),
+        ));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let hsm = hsm.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let subject = format!("T{t}R{i}");
+                        let e = hsm.throttled("TranslatePin", &subject, true);
+                        assert_eq!(e.reason, super::Reason::TerminalThrottled);
+                        hsm.write_deferred_audit().unwrap();
+                        let stored = hsm.store.audit_since(0, 100_000).unwrap();
+                        let want = format!("subject={subject}");
+                        assert!(
+                            stored.iter().any(|r| r.detail == want),
+                            "{subject}'s record is not in the store after its write returned"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(!hsm.has_deferred_audit());
+        let stored = hsm.store.audit_since(0, 100_000).unwrap();
+        let throttles = stored
+            .iter()
+            .filter(|r| r.outcome == "TERMINAL_THROTTLED")
+            .count();
+        assert_eq!(throttles, 200, "every record once");
     }
 }

@@ -47,7 +47,7 @@ impl IoStats {
         self.open.len()
     }
 
-    /// Open connections per thread (a retired thread counts 0).
+    /// Open connections per thread (a retired thread's still-open ones too).
     pub fn open(&self) -> Vec<usize> {
         self.open
             .iter()
@@ -234,6 +234,9 @@ impl IoThreads {
                         Ok(rt) => rt.block_on(serve_one(rx, stop)),
                         Err(e) => Err(format!("cannot start I/O thread {i}'s runtime: {e}")),
                     };
+                    if let Err(e) = &r {
+                        tracing::error!(thread = i, error = %e, "gRPC I/O thread stopped");
+                    }
                     let _ = done_tx.send(r);
                 });
             match handle {
@@ -249,11 +252,16 @@ impl IoThreads {
         Ok(threads)
     }
 
-    /// Hands `stream` to the least loaded live thread; `Err` once none is left.
+    /// Hands `stream` to the least loaded live thread; `Err` once none is left
+    /// (a connection that cannot be handed over is dropped and logged).
     pub(super) fn dispatch(&self, stream: TcpStream) -> Result<(), String> {
-        let mut stream = stream
-            .into_std()
-            .map_err(|e| format!("cannot hand over a connection: {e}"))?;
+        let mut stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "gRPC connection dropped: cannot hand it to an I/O thread");
+                return Ok(());
+            }
+        };
         loop {
             let Some(i) = self.stats.pick() else {
                 return Err("every gRPC I/O thread has stopped".into());

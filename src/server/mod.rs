@@ -388,6 +388,10 @@ pub async fn serve(
         .add_service(admin)
         .prepare();
     let metrics = metrics.unwrap_or_default();
+    // A bad certificate or key fails here, at start, on either path.
+    tonic::transport::Server::builder()
+        .tls_config(tls_config.clone())
+        .map_err(|e| format!("TLS configuration: {e}"))?;
     if io_threads == 0 {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -412,14 +416,37 @@ pub async fn serve(
         let threads = io::IoThreads::start(stats, serve_one)?;
         let accepted = accept_loop(&listener, &threads, shutdown).await;
         drop(listener);
-        let drained = threads.shutdown().await;
-        accepted?;
+        // In-flight calls finish; a client that never lets its stream end
+        // (an audit-log stream it stopped reading) does not hold the store's
+        // last flush back for ever.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, threads.shutdown())
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "calls still running {}s after shutdown were abandoned",
+                    SHUTDOWN_GRACE.as_secs()
+                ))
+            });
+        if let Err(e) = &drained {
+            tracing::error!(error = %e, "gRPC I/O threads");
+        }
+        hsm.write_deferred_audit()
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+        hsm.flush()
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
         drained?;
+        accepted?;
+        return Ok(());
     }
+    hsm.write_deferred_audit()
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
     hsm.flush()
         .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
     Ok(())
 }
+
+/// How long shutdown waits for in-flight calls on the I/O threads.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One tonic server (TLS, HTTP/2 settings, metrics, every service) over
 /// `incoming` until `shutdown`.

@@ -565,7 +565,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.admin(&req, READ_ONLY, "GetStatus").await?;
-        let s = self.hsm.status();
+        // The key and terminal counts scan the store: off the I/O thread.
+        let hsm = self.hsm.clone();
+        let s = blocking(move || Ok(hsm.status())).await?;
         Ok(Response::new(pb::StatusResponse {
             state: s.state.to_string(),
             reason: s.reason,

@@ -340,16 +340,8 @@ impl Store {
                 st.flushing = true;
                 let covers = st.requested;
                 drop(st);
-                let result = self.db.flush();
+                self.lead_flush(covers)?;
                 st = lock();
-                st.flushing = false;
-                st.fsyncs += 1;
-                if result.is_ok() {
-                    st.flushed = st.flushed.max(covers);
-                }
-                self.group.done.notify_all();
-                let _ = self.group.flushed_tx.send(covers);
-                result?;
                 continue;
             }
             st = self.group.done.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -380,22 +372,14 @@ impl Store {
             };
             match lead {
                 Some(covers) => {
+                    // The fsync and the wake-ups run to the end on the blocking
+                    // pool even if this future is dropped (a cancelled call):
+                    // otherwise `flushing` would stay set and every later flush
+                    // would wait for a leader that is gone.
                     let me = self.clone();
-                    let result = tokio::task::spawn_blocking(move || me.db.flush())
+                    tokio::task::spawn_blocking(move || me.lead_flush(covers))
                         .await
-                        .map_err(|e| StoreError::Io(format!("flush task: {e}")))
-                        .and_then(|r| r.map_err(StoreError::from));
-                    {
-                        let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
-                        st.flushing = false;
-                        st.fsyncs += 1;
-                        if result.is_ok() {
-                            st.flushed = st.flushed.max(covers);
-                        }
-                    }
-                    self.group.done.notify_all();
-                    let _ = self.group.flushed_tx.send(covers);
-                    result?;
+                        .map_err(|e| StoreError::Io(format!("flush task: {e}")))??;
                 }
                 None => {
                     // Woken when any flush finishes; re-check our ticket.
@@ -403,6 +387,24 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// The group leader's work: one fsync for every ticket up to `covers`,
+    /// then the sync and async waiters are woken.
+    fn lead_flush(&self, covers: u64) -> Result<(), StoreError> {
+        let result = self.db.flush();
+        {
+            let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.flushing = false;
+            st.fsyncs += 1;
+            if result.is_ok() {
+                st.flushed = st.flushed.max(covers);
+            }
+        }
+        self.group.done.notify_all();
+        let _ = self.group.flushed_tx.send(covers);
+        result?;
+        Ok(())
     }
 
     /// How many fsyncs group commit has performed.
@@ -861,6 +863,7 @@ fn preconditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn key(id: &str) -> KeyRecord {
         KeyRecord {
@@ -876,6 +879,38 @@ mod tests {
             key_block: "D0000P0TB00N0000".into(),
             created_unix: 1,
             retired_unix: 0,
+        }
+    }
+
+    /// A sign-in whose call is cancelled while it leads the group flush
+    /// (dropped after it started the fsync) must not leave later flushes
+    /// waiting for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_flush_leader_does_not_stall_later_flushes() {
+        let store = std::sync::Arc::new(Store::temporary().unwrap());
+        for round in 0..20 {
+            store
+                .commit(Batch {
+                    put_keys: vec![key(&format!("k{round}"))],
+                    ..Default::default()
+                })
+                .unwrap();
+            // Polled once (it becomes the leader and hands the fsync to the
+            // blocking pool), then dropped.
+            let _ = tokio::time::timeout(Duration::ZERO, store.flush_async()).await;
+            tokio::time::timeout(Duration::from_secs(10), store.flush_async())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a later flush waited forever"))
+                .unwrap();
+            let blocking = store.clone();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || blocking.flush()),
+            )
+            .await
+            .expect("a sync flush after it finishes")
+            .unwrap()
+            .unwrap();
         }
     }
 
