@@ -93,24 +93,20 @@ async fn connections_spread_over_io_threads_and_shutdown_stops_them() {
     assert_eq!(per_thread(&text, "accepted_total"), [2, 2], "{text}");
 
     // Role checks still apply: an auditor may not generate a key.
+    let zmk = || pb::GenerateKeyRequest {
+        key_type: pb::KeyType::Zmk as i32,
+        algorithm: pb::KeyAlgorithm::Tdes2key as i32,
+        alias: "io-zmk".into(),
+        exportable: false,
+    };
     let denied = KeyAdminClient::new(channels[1].clone())
-        .generate_key(pb::GenerateKeyRequest {
-            key_type: pb::KeyType::Zmk as i32,
-            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
-            alias: "io-zmk".into(),
-            exportable: false,
-        })
+        .generate_key(zmk())
         .await
         .expect_err("auditor cannot generate keys");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     // A durable call (store commit, blocking pool of the thread's runtime).
     let key = KeyAdminClient::new(channels[0].clone())
-        .generate_key(pb::GenerateKeyRequest {
-            key_type: pb::KeyType::Zmk as i32,
-            algorithm: pb::KeyAlgorithm::Tdes2key as i32,
-            alias: "io-zmk".into(),
-            exportable: false,
-        })
+        .generate_key(zmk())
         .await
         .expect("admin generates a key")
         .into_inner();

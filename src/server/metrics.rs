@@ -271,24 +271,32 @@ impl Metrics {
             let _ = writeln!(out, "{} {}", g.name, format_value(g.value));
         }
         if let Some(io) = self.io.get() {
-            let _ = writeln!(
-                out,
-                "# HELP {IO_OPEN} Open gRPC connections on each I/O thread."
+            let open: Vec<u64> = io.open().iter().map(|&n| n as u64).collect();
+            per_thread(
+                &mut out,
+                IO_OPEN,
+                "gauge",
+                "Open gRPC connections on each I/O thread.",
+                &open,
             );
-            let _ = writeln!(out, "# TYPE {IO_OPEN} gauge");
-            for (t, n) in io.open().iter().enumerate() {
-                let _ = writeln!(out, "{IO_OPEN}{{thread=\"{t}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "# HELP {IO_ACCEPTED} gRPC connections handed to each I/O thread."
+            per_thread(
+                &mut out,
+                IO_ACCEPTED,
+                "counter",
+                "gRPC connections handed to each I/O thread.",
+                &io.accepted(),
             );
-            let _ = writeln!(out, "# TYPE {IO_ACCEPTED} counter");
-            for (t, n) in io.accepted().iter().enumerate() {
-                let _ = writeln!(out, "{IO_ACCEPTED}{{thread=\"{t}\"}} {n}");
-            }
         }
         out
+    }
+}
+
+/// One series per I/O thread, labelled `thread="N"`.
+fn per_thread(out: &mut String, name: &str, kind: &str, help: &str, values: &[u64]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (t, n) in values.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{thread=\"{t}\"}} {n}");
     }
 }
 
