@@ -25,7 +25,7 @@ for r in $(seq "$RUNS"); do
   bench --rpc health,translate-pin,verify-mac,generate-mac,translate-pin-batch,verify-mac-batch --interleave 20 \
         --connections 4 --concurrency 64 --duration 10 --warmup 2 --terminals 20000 --cpu-pid "$DAEMON" | sed "s/^/main $r /" >>"$OUT/results.txt"
   echo "run $r/$RUNS: open loop 10,000/s" >&2
-  bench --rpc translate-pin --rate 10000 --connections 4 --concurrency 256 --duration 10 --warmup 1 --terminals 2000 | sed "s/^/open $r /" >>"$OUT/results.txt"
+  bench --rpc translate-pin --rate 10000 --connections 4 --concurrency 256 --duration 10 --warmup 1 --terminals 2000 --cpu-pid "$DAEMON" | sed "s/^/open $r /" >>"$OUT/results.txt"
   echo "run $r/$RUNS: durable sign-in" >&2
   bench --rpc sign-in --connections 4 --concurrency 128 --duration 10 --warmup 1 --terminals 5000 | sed "s/^/signin $r /" >>"$OUT/results.txt"
   echo "run $r/$RUNS: in-process core and the psec peer" >&2

@@ -54,7 +54,8 @@ for base_group, base, others in (("main", "health", ["translate-pin", "verify-ma
 for (g, _), r in sorted(runs.items()):
     if g == "open" and "translate-pin" in r:
         x = r["translate-pin"]
-        print(f"- open loop {x['rps']:.0f}/s: p99 {x['p99_us']} µs from schedule, p99 {x.get('p99_service_us')} µs from send")
+        busy = f", machine {x['host_busy_pct']:.0f} % busy (steal {x['host_steal_pct']:.1f} %)" if "host_busy_pct" in x else ""
+        print(f"- open loop {x['rps']:.0f}/s: p99 {x['p99_us']} µs from schedule, p99 {x.get('p99_service_us')} µs from send{busy}")
 cpu = [(k, recs) for k, recs in sorted(rows.items()) if any("daemon_cpu_us" in r for r in recs)]
 if cpu:
     print()

@@ -213,6 +213,13 @@ pub struct Summary {
     pub daemon_cpu_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generator_cpu_us: Option<f64>,
+    /// With `--cpu-pid`: how busy the whole machine was over the measured
+    /// slices (all CPUs, `/proc/stat`), and the share the hypervisor took
+    /// (steal). At a fixed rate this is what decides the queueing in p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_busy_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_steal_pct: Option<f64>,
 }
 
 /// CPU time (user + system) a process has used, in seconds, from
@@ -220,6 +227,26 @@ pub struct Summary {
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     Some(stat_cpu_ticks(&stat)? as f64 / crate::sys::clock_ticks_per_second()? as f64)
+}
+
+/// Machine-wide CPU ticks (busy, steal, total) from the `cpu` line of
+/// `/proc/stat`: busy is user + nice + system + irq + softirq, total adds
+/// idle, iowait and steal (guest time is already inside user).
+fn host_ticks(stat: &str) -> Option<[u64; 3]> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v.try_into().ok()?;
+    let busy = user + nice + system + irq + softirq;
+    Some([busy, steal, busy + idle + iowait + steal])
+}
+
+fn host_ticks_now() -> Option<[u64; 3]> {
+    host_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock
@@ -929,6 +956,8 @@ fn summarize(rpc: BenchRpc, mut o: Outcome, secs: f64) -> Summary {
         p99_service_us: svc.then(|| pct(&o.svc_us, 0.99)),
         daemon_cpu_us: None,
         generator_cpu_us: None,
+        host_busy_pct: None,
+        host_steal_pct: None,
     }
 }
 
@@ -1112,6 +1141,12 @@ fn print_table(rows: &[Summary]) {
                 r.rpc
             );
         }
+        if let (Some(b), Some(s)) = (r.host_busy_pct, r.host_steal_pct) {
+            println!(
+                "{:<24} machine busy {b:.1} % of all CPUs (hypervisor steal {s:.1} %)",
+                r.rpc
+            );
+        }
     }
 }
 
@@ -1203,8 +1238,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             return Err(unreadable());
         }
         let mut cpu: Vec<(f64, f64)> = vec![(0.0, 0.0); network.len()];
+        let mut host: Vec<[u64; 3]> = vec![[0; 3]; network.len()];
         for _ in 0..slices {
             for (i, rpc) in network.iter().enumerate() {
+                let h0 = host_ticks_now();
                 let c0 = cpu_now();
                 let t0 = Instant::now();
                 let o = drive(*rpc, &args, fx.clone(), &channels, slice).await;
@@ -1216,11 +1253,18 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                     };
                     cpu[i].0 += b.0 - a.0;
                     cpu[i].1 += b.1 - a.1;
+                    if let (Some(h0), Some(h1)) = (h0, host_ticks_now()) {
+                        for (sum, (a, b)) in host[i].iter_mut().zip(h0.iter().zip(h1)) {
+                            *sum += b.saturating_sub(*a);
+                        }
+                    }
                 }
                 totals[i].0.merge(o);
             }
         }
-        for ((rpc, (o, secs)), (dc, gc)) in network.iter().zip(totals).zip(cpu) {
+        for (((rpc, (o, secs)), (dc, gc)), [busy, steal, total]) in
+            network.iter().zip(totals).zip(cpu).zip(host)
+        {
             if let Some(e) = &o.first_error {
                 eprintln!("bench: {}: first error: {e}", name(*rpc));
             }
@@ -1229,6 +1273,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             if daemon.is_some() {
                 row.daemon_cpu_us = Some(dc * 1e6 / units);
                 row.generator_cpu_us = Some(gc * 1e6 / units);
+                if total > 0 {
+                    row.host_busy_pct = Some(100.0 * busy as f64 / total as f64);
+                    row.host_steal_pct = Some(100.0 * steal as f64 / total as f64);
+                }
             }
             rows.push(row);
         }
@@ -1384,5 +1432,20 @@ mod tests {
         let a = super::cpu_seconds("self").expect("own /proc/self/stat");
         let b = super::cpu_seconds("self").expect("own /proc/self/stat");
         assert!(b >= a);
+    }
+
+    #[test]
+    fn host_ticks_sum_the_cpu_line() {
+        // proc(5): cpu user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  100 5 30 800 10 2 8 45 7 0\ncpu0 50 2 15 400 5 1 4 20 0 0\nintr 1\n";
+        // busy 100+5+30+2+8 = 145; total 145 + 800 + 10 + 45 = 1000
+        assert_eq!(super::host_ticks(stat), Some([145, 45, 1000]));
+        assert_eq!(super::host_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(super::host_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(super::host_ticks("cpu  1 2 3\n"), None);
+        assert!(
+            super::host_ticks_now().is_some(),
+            "this machine's /proc/stat"
+        );
     }
 }
