@@ -78,7 +78,8 @@ pub struct BenchArgs {
     /// Also report CPU time per unit of work (µs) of the daemon with this
     /// process id and of the generator itself, measured around each slice
     /// (Linux `/proc`; network RPCs). Rates on a shared machine move with its
-    /// load; CPU per call is the cost each side pays.
+    /// load; CPU per call is the cost each side pays. Also reports how busy
+    /// the whole machine was (all CPUs) and the hypervisor's steal.
     #[arg(long)]
     pub cpu_pid: Option<u32>,
 }
