@@ -392,10 +392,11 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .tls_config(tls_config.clone())
         .map_err(|e| format!("TLS configuration: {e}"))?;
-    if io_threads == 0 {
+    let served = if io_threads == 0 {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         server_over(tls_config, metrics, routes, incoming, shutdown).await?;
+        Ok(())
     } else {
         let stats = Arc::new(io::IoStats::new(io_threads));
         metrics.attach_io(stats.clone());
@@ -430,19 +431,14 @@ pub async fn serve(
         if let Err(e) = &drained {
             tracing::error!(error = %e, "gRPC I/O threads");
         }
-        hsm.write_deferred_audit()
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-        hsm.flush()
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-        drained?;
-        accepted?;
-        return Ok(());
-    }
-    hsm.write_deferred_audit()
-        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-    hsm.flush()
-        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-    Ok(())
+        drained.and(accepted)
+    };
+    // On either path, and whatever the connections did: the trigger's queued
+    // audit records and the store reach disk before serve returns.
+    let boxed = |e: HsmError| Box::new(e) as Box<dyn std::error::Error + Send + Sync>;
+    hsm.write_deferred_audit().map_err(boxed)?;
+    hsm.flush().map_err(boxed)?;
+    Ok(served?)
 }
 
 /// How long shutdown waits for in-flight calls on the I/O threads.
