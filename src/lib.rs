@@ -15,6 +15,7 @@
 //! | [`hsm`] | the transport-free core: one method per operation, `Result<_, HsmError>` | `keys`, `crypto`, `store` |
 //! | `server` | tonic services over mutual TLS, role checks, `HsmError` → `Status` | `hsm` |
 //! | `cli` | `serve`, `admin …`, `lmk init`, `bench`, `simulate` | `server`, `proto` |
+//! | [`hash`] | the keyed hash of the in-memory maps the hot path reads | — |
 //! | `sys` | the only `unsafe`: locked non-dumpable pages, core dumps off | libc |
 //!
 //! ## Invariants
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod crypto;
 pub mod devcerts;
 pub mod fuzzing;
+pub mod hash;
 pub mod hsm;
 pub mod keys;
 pub mod payshield;

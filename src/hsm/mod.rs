@@ -168,6 +168,7 @@ pub struct Hsm {
     /// Entries are held inline (no `Arc` hop): the hot path reads them under
     /// the shard's read lock.
     terminals: Vec<RwLock<TerminalShard>>,
+    terminal_shard_hash: crate::hash::FastState,
     config: HsmConfig,
     alarm: RwLock<Option<String>>,
     /// Set (never cleared) with `alarm`: the hot path reads this flag instead
@@ -199,7 +200,7 @@ struct DeferredAudit {
 /// alias → key id. `epoch` counts binding changes (see [`Hsm::forget_key`]).
 #[derive(Default)]
 struct AliasCache {
-    ids: HashMap<String, String>,
+    ids: HashMap<String, String, crate::hash::FastState>,
     epoch: u64,
 }
 
@@ -274,6 +275,7 @@ impl Hsm {
             terminals: (0..16)
                 .map(|_| RwLock::new(TerminalShard::default()))
                 .collect(),
+            terminal_shard_hash: crate::hash::FastState::default(),
             lmks: RwLock::new(Arc::new(lmks)),
             lmk_file,
             commit_gate: RwLock::new(()),
@@ -711,9 +713,12 @@ impl Hsm {
         Ok(())
     }
 
-    fn terminal_shard(&self, terminal_id: &str) -> &RwLock<TerminalShard> {
+    fn terminal_shard(&self, tid: &TidKey) -> &RwLock<TerminalShard> {
         let n = self.terminals.len() as u64;
-        &self.terminals[(guard::fnv1a(terminal_id) % n) as usize]
+        // Its own seed: the shard's set picks buckets from another hash of
+        // the same id, so the ids of one shard do not share low bits there.
+        let h = std::hash::BuildHasher::hash_one(&self.terminal_shard_hash, tid);
+        &self.terminals[(h % n) as usize]
     }
 
     /// `f` applied to the terminal's cached entry, if there is one. `f` runs
@@ -724,7 +729,7 @@ impl Hsm {
         f: impl FnOnce(&TerminalKeys) -> R,
     ) -> Option<R> {
         let tid = TidKey::new(terminal_id)?;
-        self.terminal_shard(terminal_id)
+        self.terminal_shard(&tid)
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .map
@@ -752,7 +757,11 @@ impl Hsm {
     /// The generation of the terminal's shard: read it before reading the
     /// store on a cache miss, and hand it to [`Hsm::terminal_cache_fill`].
     pub(crate) fn terminal_cache_generation(&self, terminal_id: &str) -> u64 {
-        self.terminal_shard(terminal_id)
+        // An id that cannot be cached (see `TidKey::new`) is never filled in.
+        let Some(tid) = TidKey::new(terminal_id) else {
+            return 0;
+        };
+        self.terminal_shard(&tid)
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .generation
@@ -786,7 +795,7 @@ impl Hsm {
             .div_ceil(self.terminals.len())
             .max(1);
         let mut t = self
-            .terminal_shard(terminal_id)
+            .terminal_shard(&tid)
             .write()
             .unwrap_or_else(|p| p.into_inner());
         match seen {
@@ -855,7 +864,7 @@ impl Hsm {
 /// One shard of the terminal cache.
 #[derive(Default)]
 pub(crate) struct TerminalShard {
-    map: HashSet<TerminalEntry>,
+    map: HashSet<TerminalEntry, crate::hash::FastState>,
     /// Bumped by every change that makes keys read from the store before it
     /// stale (see [`Hsm::terminal_cache_fill`]).
     generation: u64,

@@ -145,7 +145,7 @@ fn translate_with(
     })?;
     let out = pinblock::encipher(req.dest_format, dst.cipher(), &pin, pan.as_ref())?;
     Ok(TranslatedPin {
-        pin_block: out.to_vec(),
+        pin_block: out,
         dest_kcv: dst.meta().kcv.clone(),
         pin_len: pin.len(),
     })

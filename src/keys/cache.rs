@@ -18,7 +18,7 @@ pub struct KeyCache {
 }
 
 struct Inner {
-    map: HashMap<String, CachedKey>,
+    map: HashMap<String, CachedKey, crate::hash::FastState>,
     order: VecDeque<String>,
 }
 
@@ -26,7 +26,7 @@ impl KeyCache {
     pub fn new(capacity: usize) -> KeyCache {
         KeyCache {
             inner: RwLock::new(Inner {
-                map: HashMap::new(),
+                map: HashMap::default(),
                 order: VecDeque::new(),
             }),
             capacity: capacity.max(1),
