@@ -245,11 +245,15 @@ fn pin_field_nibbles(control: u8, pin: &Pin, fill: &[u8; 14]) -> Zeroizing<[u8; 
 
 /// `0000 ‖ 12 rightmost PAN digits excluding the check digit`, as 8 bytes.
 fn pan_field_iso0(pan: &Pan) -> [u8; 8] {
-    let mut n = [0u8; 16];
-    for (slot, d) in n.iter_mut().skip(4).zip(pan.account_number_12()) {
-        *slot = d;
+    // Not secret: packed directly, without `pack`'s zeroizing copy.
+    let digits = pan.account_number_12();
+    let mut field = [0u8; 8];
+    for (o, pair) in field.iter_mut().skip(2).zip(digits.chunks_exact(2)) {
+        if let [hi, lo] = pair {
+            *o = (hi << 4) | lo;
+        }
     }
-    *pack(&n)
+    field
 }
 
 /// Random nibbles in `lo..=15`, unbiased (rejection sampling over OS random bytes).
@@ -494,6 +498,22 @@ pub fn decipher(
     if let (PinBlockFormat::Iso4, Some(pan)) = (format, pan) {
         return decipher_iso4(cipher, block, pan);
     }
+    let (_, block8) = open_block(cipher, block)?;
+    match (format, pan) {
+        (PinBlockFormat::Iso0, Some(pan)) => decode_iso0(&block8, pan),
+        (PinBlockFormat::Iso3, Some(pan)) => decode_iso3(&block8, pan),
+        (PinBlockFormat::Iso1, _) => decode_iso1(&block8),
+        _ => Err(CryptoError::InvalidPan("this PIN block format needs a PAN")),
+    }
+}
+
+/// A deciphered block: the whole clear cipher block, and its 8-byte PIN block.
+type Opened = (Zeroizing<[u8; 16]>, Zeroizing<[u8; 8]>);
+
+/// Deciphers one ISO 0/1/3 block (8 bytes, or 16 in the UnionPay form whose
+/// last 8 clear bytes must be zero): the clear cipher block (`len` = the
+/// cipher's block length) and its 8-byte PIN block.
+fn open_block(cipher: &Cipher, block: &[u8]) -> Result<Opened, CryptoError> {
     if block.len() != cipher.block_len() {
         return Err(CryptoError::InvalidDataLength {
             operation: "enciphered PIN block",
@@ -501,8 +521,8 @@ pub fn decipher(
             actual: block.len(),
         });
     }
-    let mut clear = Zeroizing::new([0u8; 16]);
-    let clear = clear
+    let mut whole = Zeroizing::new([0u8; 16]);
+    let clear = whole
         .get_mut(..block.len())
         .ok_or(CryptoError::Unsupported(
             "cipher block longer than 16 bytes",
@@ -517,17 +537,111 @@ pub fn decipher(
     }
     let mut block8 = Zeroizing::new([0u8; 8]);
     block8.copy_from_slice(head);
-    match (format, pan) {
-        (PinBlockFormat::Iso0, Some(pan)) => decode_iso0(&block8, pan),
-        (PinBlockFormat::Iso3, Some(pan)) => decode_iso3(&block8, pan),
-        (PinBlockFormat::Iso1, _) => decode_iso1(&block8),
-        _ => Err(CryptoError::InvalidPan("this PIN block format needs a PAN")),
+    Ok((whole, block8))
+}
+
+/// Translates an ISO format 0 block from `src` to `dst` for the same PAN: the
+/// block is deciphered and decoded exactly as [`decipher`] does (every check,
+/// every error), then the clear block is enciphered under `dst` as it is.
+/// Format 0 has no random fill, so that clear block is bit for bit what
+/// [`encipher`] builds from the decoded PIN; this skips building it again.
+/// Both ciphers must have the same block length (else `UNSUPPORTED`: use
+/// [`decipher`] and [`encipher`]). Returns the block and the PIN's length.
+pub fn translate_iso0(
+    src: &Cipher,
+    dst: &Cipher,
+    block: &[u8],
+    pan: &Pan,
+) -> Result<(Vec<u8>, usize), CryptoError> {
+    if src.block_len() != dst.block_len() {
+        return Err(CryptoError::Unsupported(
+            "ISO 0 translation in place needs equal block lengths",
+        ));
     }
+    let (clear, block8) = open_block(src, block)?;
+    let pin_len = decode_iso0(&block8, pan)?.len();
+    // The Vec holds the clear block only until the next line enciphers it in place.
+    let mut out = clear.get(..block.len()).unwrap_or_default().to_vec();
+    dst.encrypt_checked(&mut out);
+    Ok((out, pin_len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `translate_iso0` must answer exactly what `decipher` then `encipher`
+    /// answer (the general path, checked against published vectors in
+    /// tests/crypto_kat.rs and against psec in tests/crypto_crosscheck.rs):
+    /// the same block, or the same error. Random keys of both block lengths,
+    /// random PANs, valid blocks and random ones.
+    #[test]
+    fn iso0_translation_in_place_equals_decode_then_encode() {
+        use crate::crypto::cipher::Algorithm;
+        let rand = |n: usize| {
+            let mut v = vec![0u8; n];
+            random_bytes(&mut v);
+            v
+        };
+        let cipher = |alg, n| Cipher::new(alg, &rand(n)).unwrap();
+        let pairs = [
+            (Algorithm::Tdes2, 16, Algorithm::Tdes2, 16),
+            (Algorithm::Tdes3, 24, Algorithm::Tdes2, 16),
+            (Algorithm::Sm4, 16, Algorithm::Sm4, 16),
+            (Algorithm::Aes128, 16, Algorithm::Sm4, 16),
+        ];
+        let (mut valid, mut invalid) = (0, 0);
+        for (a, an, b, bn) in pairs {
+            for round in 0..600 {
+                let (src, dst) = (cipher(a, an), cipher(b, bn));
+                let digits: String = rand(19).iter().map(|b| char::from(b'0' + b % 10)).collect();
+                let pan = Pan::parse(&digits[..12 + round % 8]).unwrap();
+                let block = if round % 2 == 0 {
+                    // A valid block for a random PIN of 4–12 digits.
+                    let pin: String = digits[..4 + round % 9].chars().rev().collect();
+                    encipher(
+                        PinBlockFormat::Iso0,
+                        &src,
+                        &Pin::parse(&pin).unwrap(),
+                        Some(&pan),
+                    )
+                    .unwrap()
+                } else {
+                    rand(src.block_len())
+                };
+                let general =
+                    decipher(PinBlockFormat::Iso0, &src, &block, Some(&pan)).and_then(|pin| {
+                        let out = encipher(PinBlockFormat::Iso0, &dst, &pin, Some(&pan))?;
+                        Ok((out, pin.len()))
+                    });
+                let in_place = translate_iso0(&src, &dst, &block, &pan);
+                match (&general, &in_place) {
+                    (Ok(g), Ok(p)) => {
+                        assert_eq!(g, p);
+                        valid += 1;
+                    }
+                    (Err(g), Err(p)) => {
+                        assert_eq!(g.to_string(), p.to_string());
+                        invalid += 1;
+                    }
+                    _ => panic!("{a:?}→{b:?}: general {general:?}, in place {in_place:?}"),
+                }
+            }
+        }
+        // Both branches ran many times (random blocks almost never decode).
+        assert!(
+            valid >= 1200 && invalid >= 1100,
+            "{valid} valid, {invalid} invalid"
+        );
+        // Blocks of the wrong length and unequal block lengths are refused.
+        let (tdes, sm4) = (cipher(Algorithm::Tdes2, 16), cipher(Algorithm::Sm4, 16));
+        let pan = Pan::parse("6222020000000000008").unwrap();
+        assert!(translate_iso0(&tdes, &tdes, &[0u8; 16], &pan).is_err());
+        assert!(matches!(
+            translate_iso0(&tdes, &sm4, &[0u8; 8], &pan),
+            Err(CryptoError::Unsupported(_))
+        ));
+    }
 
     #[test]
     fn pan_debug_masks_the_middle() {

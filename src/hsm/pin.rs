@@ -127,13 +127,7 @@ fn translate_with(
     } else {
         None
     };
-    let pin = pinblock::decipher(
-        req.source_format,
-        src.cipher(),
-        &req.pin_block,
-        pan.as_ref(),
-    )
-    .map_err(|e| match HsmError::from(e) {
+    let hide = |e| match HsmError::from(e) {
         // One message for every decode failure: which check failed (control
         // field, length, digit, fill, padding) would sharpen the PIN-block
         // oracle of Berkman & Ostrovsky's attacks.
@@ -142,7 +136,30 @@ fn translate_with(
             "invalid PIN block: it does not decode under the source key with this PAN and format",
         ),
         e => e,
-    })?;
+    };
+    // ISO 0 to ISO 0 (the POS-to-network case): the same checks, and the
+    // deciphered block enciphered as it is (see `pinblock::translate_iso0`).
+    if let (PinBlockFormat::Iso0, PinBlockFormat::Iso0, Some(pan)) =
+        (req.source_format, req.dest_format, &pan)
+    {
+        if src.cipher().block_len() == dst.cipher().block_len() {
+            let (pin_block, pin_len) =
+                pinblock::translate_iso0(src.cipher(), dst.cipher(), &req.pin_block, pan)
+                    .map_err(hide)?;
+            return Ok(TranslatedPin {
+                pin_block,
+                dest_kcv: dst.meta().kcv.clone(),
+                pin_len,
+            });
+        }
+    }
+    let pin = pinblock::decipher(
+        req.source_format,
+        src.cipher(),
+        &req.pin_block,
+        pan.as_ref(),
+    )
+    .map_err(hide)?;
     let out = pinblock::encipher(req.dest_format, dst.cipher(), &pin, pan.as_ref())?;
     Ok(TranslatedPin {
         pin_block: out,
