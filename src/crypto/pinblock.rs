@@ -561,7 +561,12 @@ pub fn translate_iso0(
     let (clear, block8) = open_block(src, block)?;
     let pin_len = decode_iso0(&block8, pan)?.len();
     // The Vec holds the clear block only until the next line enciphers it in place.
-    let mut out = clear.get(..block.len()).unwrap_or_default().to_vec();
+    let mut out = clear
+        .get(..block.len())
+        .ok_or(CryptoError::Unsupported(
+            "cipher block longer than 16 bytes",
+        ))?
+        .to_vec();
     dst.encrypt_checked(&mut out);
     Ok((out, pin_len))
 }
@@ -587,27 +592,31 @@ mod tests {
         let pairs = [
             (Algorithm::Tdes2, 16, Algorithm::Tdes2, 16),
             (Algorithm::Tdes3, 24, Algorithm::Tdes2, 16),
+            (Algorithm::Des, 8, Algorithm::Tdes3, 24),
             (Algorithm::Sm4, 16, Algorithm::Sm4, 16),
             (Algorithm::Aes128, 16, Algorithm::Sm4, 16),
+            (Algorithm::Aes256, 32, Algorithm::Aes192, 24),
         ];
         let (mut valid, mut invalid) = (0, 0);
         for (a, an, b, bn) in pairs {
             for round in 0..600 {
                 let (src, dst) = (cipher(a, an), cipher(b, bn));
+                let r = rand(3);
                 let digits: String = rand(19).iter().map(|b| char::from(b'0' + b % 10)).collect();
-                let pan = Pan::parse(&digits[..12 + round % 8]).unwrap();
-                let block = if round % 2 == 0 {
+                let pan = Pan::parse(&digits[..12 + usize::from(r[0] % 8)]).unwrap();
+                let pin: String = digits[..4 + usize::from(r[1] % 9)].chars().rev().collect();
+                let pin = Pin::parse(&pin).unwrap();
+                let block = match round % 3 {
                     // A valid block for a random PIN of 4–12 digits.
-                    let pin: String = digits[..4 + round % 9].chars().rev().collect();
-                    encipher(
-                        PinBlockFormat::Iso0,
-                        &src,
-                        &Pin::parse(&pin).unwrap(),
-                        Some(&pan),
-                    )
-                    .unwrap()
-                } else {
-                    rand(src.block_len())
+                    0 => encipher(PinBlockFormat::Iso0, &src, &pin, Some(&pan)).unwrap(),
+                    // A valid PIN block followed by non-zero padding (16-byte ciphers).
+                    1 if src.block_len() == 16 => {
+                        let mut clear = encode_iso0(&pin, &pan).to_vec();
+                        clear.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1 + r[2] % 255]);
+                        src.encrypt_block(&mut clear).unwrap();
+                        clear
+                    }
+                    _ => rand(src.block_len()),
                 };
                 let general =
                     decipher(PinBlockFormat::Iso0, &src, &block, Some(&pan)).and_then(|pin| {
@@ -630,7 +639,7 @@ mod tests {
         }
         // Both branches ran many times (random blocks almost never decode).
         assert!(
-            valid >= 1200 && invalid >= 1100,
+            valid >= 1200 && invalid >= 2000,
             "{valid} valid, {invalid} invalid"
         );
         // Blocks of the wrong length and unequal block lengths are refused.

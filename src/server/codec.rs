@@ -65,7 +65,8 @@ impl<U: prost::Message + Default> Decoder for SliceDecoder<U> {
                 buf.advance(n);
                 decoded
             }
-            // A frame split across buffers (not seen for our messages): as tonic does.
+            // Not reached under tonic 0.14: its DecodeBuf views one BytesMut,
+            // always contiguous. Kept so that a split frame still decodes.
             None => U::decode(&mut *buf),
         };
         // As tonic-prost maps them: a message that does not parse is INTERNAL
