@@ -433,7 +433,8 @@ pub async fn serve(
         }
         drained.and(accepted)
     };
-    // On either path, and whatever the connections did: the trigger's queued
+    // On both paths (for the I/O threads, whatever their connections did; a
+    // plain tonic server that failed has returned above): the trigger's queued
     // audit records and the store reach disk before serve returns.
     let boxed = |e: HsmError| Box::new(e) as Box<dyn std::error::Error + Send + Sync>;
     hsm.write_deferred_audit().map_err(boxed)?;
